@@ -1,0 +1,3 @@
+"""sparring: attack, adversarially train and evaluate PyTorch models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,25 @@
+"""Attacks: each takes ``(model, x, y, threat)`` and returns an :class:`AttackResult`.
+
+``available()`` lists the registered names; ``build(name, **settings)`` makes one from a name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparring.attacks.base import ATTACKS, Attack, AttackResult
+from sparring.attacks.fgsm import FGSM, FGSMRS
+from sparring.attacks.pgd import PGD
+
+
+def available() -> list[str]:
+    """Names of all registered attacks."""
+    return ATTACKS.names()
+
+
+def build(name: str, **settings: Any) -> Attack:
+    """An attack by registered name with keyword settings, e.g. ``build("pgd", steps=20)``."""
+    return ATTACKS.get(name)(**settings)
+
+
+__all__ = ["ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "PGD", "available", "build"]

@@ -1,0 +1,152 @@
+"""What every attack shares: its result type, its calling convention and the input checks.
+
+An attack is a keyword-only dataclass holding its optimizer settings (steps, step size, restarts, loss,
+gradient source). It is called as ``attack(model, x, y, threat)`` and returns an :class:`AttackResult`.
+The threat model (the set of allowed perturbations) is an argument, not a setting, so one attack object
+serves every ε and norm. ``__call__`` validates the batch, enters the one restoring context
+(:func:`sparring.context.frozen_model`) and delegates to ``_run``; subclasses implement only ``_run``.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from sparring.context import frozen_model
+from sparring.errors import DataError
+from sparring.gradients import Autograd, GradientSource
+from sparring.losses import LossFn, get_loss, targeted
+from sparring.registry import Registry
+from sparring.threat import ThreatModel
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+@dataclass
+class AttackResult:
+    """The outcome of an attack on a batch.
+
+    Attributes:
+        x_adv: adversarial inputs, same shape as ``x``, inside the threat set.
+        success: (B,) bool; untargeted: the prediction on ``x_adv`` differs from ``y``; targeted: it
+            equals the target.
+        loss: (B,) the attack loss at ``x_adv`` (the value the attack maximized).
+        logits: (B, K) model outputs at ``x_adv``.
+        queries: model evaluations (forward passes, with or without backward) per sample.
+        time_s: wall-clock seconds spent in the attack.
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    loss: Tensor
+    logits: Tensor
+    queries: int
+    time_s: float
+
+    @property
+    def robust(self) -> Tensor:
+        """(B,) bool: the attack failed on this sample."""
+        return ~self.success
+
+
+@dataclass(kw_only=True)
+class Attack(ABC):
+    """Base class. Settings are keyword-only fields; the threat model is passed at call time.
+
+    Attributes:
+        loss: name of the per-example loss to maximize (``"ce"``, ``"margin"``, ``"dlr"``).
+        gradients: where input gradients come from (default: autograd).
+        train_mode: run the model in training mode during the attack (BatchNorm on batch statistics);
+            the caller's model is restored either way.
+    """
+
+    name: ClassVar[str]
+    loss: str = "ce"
+    gradients: GradientSource = field(default_factory=Autograd)
+    train_mode: bool = False
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        *,
+        target: Tensor | None = None,
+        loss_fn: LossFn | None = None,
+        loss_ref: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> AttackResult:
+        """Attack ``model`` at inputs ``x`` (B, ...) with labels ``y`` (B,) within ``threat``.
+
+        Args:
+            target: (B,) target classes for a targeted attack; success means predicting them.
+            loss_fn: a custom per-example loss ``(logits, ref) -> (B,)`` to maximize instead of the
+                configured one (TRADES maximizes a KL to the clean prediction this way).
+            loss_ref: the per-sample reference for ``loss_fn`` (default ``y``, or ``target``).
+            generator: the source of randomness (random starts); a seed gives the same result.
+        """
+        check_batch(x, y, threat)
+        if target is not None and target.shape != y.shape:
+            raise DataError(f"target has shape {tuple(target.shape)}, expected {tuple(y.shape)}")
+        if loss_fn is None:
+            loss_fn = get_loss(self.loss)
+            if target is not None:
+                loss_fn = targeted(loss_fn)
+        if loss_ref is None:
+            loss_ref = y if target is None else target
+        start = time.perf_counter()
+        with frozen_model(model, train_mode=self.train_mode):
+            result = self._run(model, x.detach(), y, threat, target, loss_fn, loss_ref, generator)
+        result.time_s = time.perf_counter() - start
+        return result
+
+    @abstractmethod
+    def _run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        target: Tensor | None,
+        loss_fn: LossFn,
+        loss_ref: Tensor,
+        generator: torch.Generator | None,
+    ) -> AttackResult:
+        """The attack itself; runs inside :func:`frozen_model`."""
+
+    def describe(self) -> dict[str, Any]:
+        """The attack's settings as plain data (for reports)."""
+        settings = {k: v for k, v in vars(self).items() if isinstance(v, int | float | str | bool | None)}
+        return {"name": self.name, **settings}
+
+
+def success_of(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    """(B,) bool: misclassified (untargeted) or predicted as the target (targeted)."""
+    pred = logits.argmax(1)
+    return pred != y if target is None else pred == target
+
+
+def check_batch(x: Tensor, y: Tensor, threat: ThreatModel) -> None:
+    """Raise a :class:`DataError` naming the problem if the batch cannot be attacked."""
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise DataError("x and y must be torch tensors")
+    if x.dim() < 2:
+        raise DataError(f"x must have a batch dimension and at least one feature dimension, got {tuple(x.shape)}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise DataError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if not torch.isfinite(x).all():
+        raise DataError("x contains NaN or infinite values")
+    if threat.bounds is not None:
+        lo, hi = threat.bounds
+        if x.min() < lo - 1e-6 or x.max() > hi + 1e-6:
+            raise DataError(
+                f"x lies outside the threat model's bounds {threat.bounds} "
+                f"(min {x.min().item():.3g}, max {x.max().item():.3g}); rescale the data or set bounds=None"
+            )
+    threat.eps_for(x)  # checks a per-sample ε matches the batch

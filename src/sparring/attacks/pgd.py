@@ -1,0 +1,156 @@
+"""Projected gradient descent (Madry et al., ICLR 2018), L∞ and L2, with restarts and the best iterate.
+
+Update (ascent on a per-example loss L, e.g. CE or the CW margin):
+
+    x⁰ ~ U(B(x, ε))  (or x⁰ = x),     x^{k+1} = Π_{B(x,ε) ∩ box}( x^k + α · step(∇ₓ L(f(x^k), y)) )
+
+``step`` is ``sign`` for L∞ and ``g/‖g‖₂`` for L2 (the threat model decides). Paper defaults (CIFAR-10,
+L∞ ε = 8/255): 7–10 steps of α = 2/255 for training, PGD-20 or PGD-50 × 10 restarts for evaluation.
+Here α defaults to ``2.5 ε / steps`` (Madry's rule; 0.25 ε for 10 steps), per sample.
+
+* **Best iterate**: every iterate (the start included) is scored; a sample keeps the first-ranked one
+  by (success, loss), so a point broken at any step stays broken.
+* **Restarts** run only on samples no restart has broken yet. Random starts are drawn for the whole
+  batch before selecting rows, so a sample's result does not depend on its batch mates.
+* **Targeted** mode: pass ``target=``; the loss becomes ``−L(f(x'), t)`` and success means ``f(x') = t``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from sparring.attacks.base import ATTACKS, Attack, AttackResult, success_of
+from sparring.errors import ConfigError
+from sparring.losses import LossFn
+from sparring.threat import ThreatModel, per_sample
+
+
+@ATTACKS.register("pgd")
+@dataclass(kw_only=True)
+class PGD(Attack):
+    """PGD-``steps`` with ``restarts`` random restarts.
+
+    Attributes:
+        steps: gradient steps per restart.
+        restarts: number of starts; later ones only attack samples still robust.
+        rel_step: step size as a multiple of ε (default ``2.5 / steps``).
+        step_size: absolute step size, instead of ``rel_step`` (same for every sample).
+        random_start: start uniformly inside the ball (else at ``x``).
+        keep_best: return the best iterate instead of the last one.
+    """
+
+    name = "pgd"
+    steps: int = 10
+    restarts: int = 1
+    rel_step: float | None = None
+    step_size: float | None = None
+    random_start: bool = True
+    keep_best: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.restarts < 1:
+            raise ConfigError(f"restarts must be >= 1, got {self.restarts}")
+        if self.rel_step is not None and self.step_size is not None:
+            raise ConfigError("give either rel_step or step_size, not both")
+        for label, value in (("rel_step", self.rel_step), ("step_size", self.step_size)):
+            if value is not None and not value > 0:
+                raise ConfigError(f"{label} must be > 0, got {value}")
+
+    def step_for(self, threat: ThreatModel, x: Tensor) -> Tensor:
+        """(B, 1, ..., 1) step size for each sample."""
+        if self.step_size is not None:
+            return per_sample(self.step_size, x)
+        rel = self.rel_step if self.rel_step is not None else 2.5 / self.steps
+        return rel * threat.eps_for(x)
+
+    def _run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        target: Tensor | None,
+        loss_fn: LossFn,
+        loss_ref: Tensor,
+        generator: torch.Generator | None,
+    ) -> AttackResult:
+        alpha = self.step_for(threat, x)
+        best: _Best | None = None
+        for _ in range(self.restarts):
+            # Draw the start for every row, then keep the rows still robust (batch independence).
+            start = threat.random_start(x, generator) if self.random_start else x
+            if best is None:
+                best = self._descend(model, x, y, threat, target, loss_fn, loss_ref, alpha, start)
+                continue
+            rows = (~best.success).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            part = self._descend(
+                model, x[rows], y[rows], threat.subset(rows), None if target is None else target[rows],
+                loss_fn, loss_ref[rows], alpha[rows], start[rows],
+            )
+            best.merge(part, rows)
+        assert best is not None
+        return AttackResult(
+            x_adv=best.x, success=best.success, loss=best.loss, logits=best.logits,
+            queries=(self.steps + 1) * self.restarts, time_s=0.0,
+        )
+
+    def _descend(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        target: Tensor | None,
+        loss_fn: LossFn,
+        loss_ref: Tensor,
+        alpha: Tensor,
+        x_adv: Tensor,
+    ) -> _Best:
+        best: _Best | None = None
+        for _ in range(self.steps):
+            g = self.gradients(model, x_adv, loss_fn, loss_ref)
+            if self.keep_best:
+                best = _Best.better_of(best, x_adv, g.loss, g.logits, success_of(g.logits, y, target))
+            x_adv = threat.project(x_adv + threat.step(g.grad, alpha), x)
+        with torch.no_grad():
+            logits = model(x_adv)
+            loss = loss_fn(logits, loss_ref)
+        last = _Best(x=x_adv, loss=loss, logits=logits, success=success_of(logits, y, target))
+        return _Best.better_of(best, last.x, last.loss, last.logits, last.success) if self.keep_best else last
+
+
+@dataclass
+class _Best:
+    """Per-sample best iterate so far, ranked by (success, loss). No host synchronization."""
+
+    x: Tensor
+    loss: Tensor
+    logits: Tensor
+    success: Tensor
+
+    @staticmethod
+    def better_of(best: _Best | None, x: Tensor, loss: Tensor, logits: Tensor, success: Tensor) -> _Best:
+        if best is None:
+            return _Best(x=x, loss=loss, logits=logits, success=success)
+        better = (success & ~best.success) | ((success == best.success) & (loss > best.loss))
+        return _Best(
+            x=torch.where(per_sample(better, x).bool(), x, best.x),
+            loss=torch.where(better, loss, best.loss),
+            logits=torch.where(better[:, None], logits, best.logits),
+            success=best.success | success,
+        )
+
+    def merge(self, other: _Best, rows: Tensor) -> None:
+        """Take ``other`` (computed on ``rows``) where it ranks higher."""
+        mine = _Best(x=self.x[rows], loss=self.loss[rows], logits=self.logits[rows], success=self.success[rows])
+        merged = _Best.better_of(mine, other.x, other.loss, other.logits, other.success)
+        self.x[rows], self.loss[rows], self.logits[rows], self.success[rows] = (
+            merged.x, merged.loss, merged.logits, merged.success,
+        )

@@ -1,0 +1,79 @@
+"""Per-example losses: every function returns a (B,) tensor, never a reduced scalar.
+
+Keeping losses per example is what lets reweighting (DRO), class-adaptive budgets and partition-based
+objectives compose with any attack. A ``LossFn`` maps ``(logits, ref)`` to (B,), where ``ref`` is the
+per-sample reference the loss needs (labels, target classes, or clean probabilities for TRADES); attacks
+index ``ref`` together with the inputs, so a loss never has to know which rows it is working on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from sparring.errors import ConfigError
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """``CE(z, y) = −log softmax(z)_y``, shape (B,)."""
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+def margin(logits: Tensor, y: Tensor) -> Tensor:
+    """Carlini–Wagner margin ``max_{i≠y} z_i − z_y`` (positive once misclassified), shape (B,).
+
+    Scale-free in the sense that matters against masking: it does not saturate like CE when the
+    softmax is confident.
+    """
+    logits = logits.float()
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return others.amax(1) - true
+
+
+def dlr(logits: Tensor, y: Tensor) -> Tensor:
+    """Difference of logits ratio (Croce & Hein 2020), to be maximized; needs ≥ 3 classes.
+
+    ``DLR(z, y) = −(z_y − max_{i≠y} z_i) / (z_{π1} − z_{π3} + 1e-12)``, π sorting z descending.
+    """
+    logits = logits.float()
+    if logits.shape[1] < 3:
+        raise ConfigError("the DLR loss needs at least 3 classes")
+    top = logits.sort(dim=1, descending=True).values
+    return margin(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def kl_to_reference(logits: Tensor, ref_probs: Tensor) -> Tensor:
+    """``KL(p_ref ‖ softmax(z))`` per example, as in TRADES (``ref_probs`` are clean probabilities)."""
+    log_q = F.log_softmax(logits.float(), dim=1)
+    return (ref_probs * (ref_probs.clamp_min(1e-12).log() - log_q)).sum(1)
+
+
+def targeted(loss: LossFn) -> LossFn:
+    """Turn a loss to maximize for label ``y`` into one to maximize for reaching target ``t``."""
+
+    def to_target(logits: Tensor, target: Tensor) -> Tensor:
+        return -loss(logits, target)
+
+    return to_target
+
+
+LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
+
+
+def get_loss(name: str) -> LossFn:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ConfigError(f"unknown loss {name!r}; available: {', '.join(sorted(LOSSES))}") from None
+
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """(B,) bool: is the top-1 prediction correct."""
+    return logits.argmax(1) == y
+
+

@@ -1,0 +1,30 @@
+"""Training objectives: ``(model, x, y) → per-example losses + metrics``.
+
+``available()`` lists the registered names; ``build(name, **settings)`` makes one from a name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
+from sparring.objectives.fast_at import CatastrophicOverfittingWarning, FastAT
+from sparring.objectives.pgd_at import PGDAT
+from sparring.objectives.standard import Standard
+from sparring.objectives.trades import TRADES
+
+
+def available() -> list[str]:
+    """Names of all registered objectives."""
+    return OBJECTIVES.names()
+
+
+def build(name: str, **settings: Any) -> Objective:
+    """An objective by registered name, e.g. ``build("trades", beta=6.0)``."""
+    return OBJECTIVES.get(name)(**settings)
+
+
+__all__ = [
+    "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT",
+    "CatastrophicOverfittingWarning", "available", "build",
+]

@@ -1,0 +1,186 @@
+"""Threat models: the set of allowed perturbations around an input.
+
+A threat model owns everything geometric about an attack and nothing about its optimizer:
+
+* the ball ``B(x, ε) = {x' : ‖x' − x‖ ≤ ε}`` for the L∞ or L2 norm, with ε a float or a per-sample
+  tensor of shape (B,) (class-wise budgets, curricula, ε-curves all need per-sample radii);
+* optional box bounds ``lo ≤ x' ≤ hi`` (pixels in [0, 1]); ``bounds=None`` for embedding or feature
+  spaces that have no box;
+* the projection onto ``B(x, ε) ∩ box``, a random start inside it, and the normalized ascent step
+  (``sign(g)`` for L∞, ``g / ‖g‖₂`` for L2) that steepest ascent uses.
+
+Norms are taken over all non-batch dimensions. Step sizes may be floats or (B,) tensors too.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from sparring.errors import ThreatModelError
+from sparring.registry import Registry
+
+Radius = float | Tensor
+THREATS: Registry[type[ThreatModel]] = Registry("threat model")
+
+_TINY = 1e-12
+
+
+def per_sample(value: Radius, x: Tensor) -> Tensor:
+    """Broadcast a float or a (B,) tensor to shape (B, 1, ..., 1) matching ``x``."""
+    if isinstance(value, Tensor):
+        if value.dim() == 0:
+            value = value.expand(x.shape[0])
+        return value.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    return torch.full((x.shape[0],) + (1,) * (x.dim() - 1), float(value), device=x.device, dtype=x.dtype)
+
+
+def _flat_norm(v: Tensor, p: float) -> Tensor:
+    """Per-sample norm over all non-batch dims, shape (B,)."""
+    return torch.linalg.vector_norm(v.flatten(1), ord=p, dim=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThreatModel(ABC):
+    """A norm ball of radius ``eps`` around each input, intersected with optional box ``bounds``."""
+
+    eps: Radius
+    bounds: tuple[float, float] | None = (0.0, 1.0)
+    norm: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        eps = self.eps
+        if isinstance(eps, Tensor):
+            if eps.dim() > 1:
+                raise ThreatModelError(f"eps must be a float or a (B,) tensor, got shape {tuple(eps.shape)}")
+            if not torch.isfinite(eps).all():
+                raise ThreatModelError("eps contains NaN or infinite values")
+            if (eps < 0).any():
+                raise ThreatModelError(f"eps must be >= 0, got min {eps.min().item():g}")
+        else:
+            if not isinstance(eps, int | float) or isinstance(eps, bool):
+                raise ThreatModelError(f"eps must be a float or a (B,) tensor, got {type(eps).__name__}")
+            if not float(eps) >= 0.0 or float(eps) == float("inf"):
+                raise ThreatModelError(f"eps must be a finite number >= 0, got {eps}")
+        if self.bounds is not None:
+            lo, hi = self.bounds
+            if not lo < hi:
+                raise ThreatModelError(f"bounds must satisfy lo < hi, got {self.bounds}")
+
+    # ---------------------------------------------------------------- helpers
+    def with_eps(self, eps: Radius) -> ThreatModel:
+        """The same threat model with another radius (for ε-curves and subsets)."""
+        return replace(self, eps=eps)
+
+    def subset(self, index: Tensor) -> ThreatModel:
+        """Restrict a per-sample ε to the rows ``index`` (a float ε is kept as is)."""
+        if isinstance(self.eps, Tensor) and self.eps.dim() == 1:
+            return replace(self, eps=self.eps[index.to(self.eps.device)])
+        return self
+
+    def eps_for(self, x: Tensor) -> Tensor:
+        """ε broadcast against ``x``: shape (B, 1, ..., 1). Checks a per-sample ε has B entries."""
+        if isinstance(self.eps, Tensor) and self.eps.dim() == 1 and self.eps.shape[0] != x.shape[0]:
+            raise ThreatModelError(
+                f"per-sample eps has {self.eps.shape[0]} entries but the batch has {x.shape[0]} samples"
+            )
+        return per_sample(self.eps, x)
+
+    def max_eps(self) -> float:
+        return float(self.eps.max()) if isinstance(self.eps, Tensor) and self.eps.numel() else float(self.eps)
+
+    def clip_box(self, x: Tensor) -> Tensor:
+        return x if self.bounds is None else x.clamp(*self.bounds)
+
+    def describe(self) -> dict[str, object]:
+        eps = self.eps.tolist() if isinstance(self.eps, Tensor) else float(self.eps)
+        return {"norm": self.norm, "eps": eps, "bounds": list(self.bounds) if self.bounds else None}
+
+    def contains(self, x_adv: Tensor, x: Tensor, atol: float = 1e-5) -> Tensor:
+        """(B,) bool: is each ``x_adv`` inside the threat set around ``x`` (up to ``atol``)?"""
+        inside = self.distance(x_adv, x) <= self.eps_for(x).flatten() + atol
+        if self.bounds is not None:
+            lo, hi = self.bounds
+            flat = x_adv.flatten(1)
+            inside &= (flat >= lo - atol).all(1) & (flat <= hi + atol).all(1)
+        return inside
+
+    # ---------------------------------------------------------- the geometry
+    @abstractmethod
+    def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """(B,) distance ‖x_adv − x‖ in this norm."""
+
+    @abstractmethod
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Map ``x_adv`` into ``B(x, ε) ∩ box``."""
+
+    @abstractmethod
+    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A random point of the threat set around ``x``."""
+
+    @abstractmethod
+    def step(self, grad: Tensor, step_size: Radius) -> Tensor:
+        """The steepest-ascent displacement of length ``step_size`` in this norm for gradient ``grad``."""
+
+
+@THREATS.register("linf")
+@dataclass(frozen=True, kw_only=True)
+class LinfBall(ThreatModel):
+    """``‖δ‖∞ ≤ ε``: each coordinate moves by at most ε. Step: ``α · sign(g)``."""
+
+    norm: ClassVar[str] = "linf"
+
+    def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        return _flat_norm(x_adv - x, float("inf"))
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        eps = self.eps_for(x)
+        delta = torch.maximum(torch.minimum(x_adv - x, eps), -eps)
+        return self.clip_box(x + delta)
+
+    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return self.clip_box(x + (2 * noise - 1) * self.eps_for(x))
+
+    def step(self, grad: Tensor, step_size: Radius) -> Tensor:
+        return per_sample(step_size, grad) * grad.sign()
+
+
+@THREATS.register("l2")
+@dataclass(frozen=True, kw_only=True)
+class L2Ball(ThreatModel):
+    """``‖δ‖₂ ≤ ε`` over all non-batch dims. Step: ``α · g / ‖g‖₂``."""
+
+    norm: ClassVar[str] = "l2"
+
+    def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        return _flat_norm(x_adv - x, 2.0)
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        eps = self.eps_for(x)
+        delta = x_adv - x
+        norm = per_sample(_flat_norm(delta, 2.0), x).clamp_min(_TINY)
+        delta = delta * torch.clamp(eps / norm, max=1.0)
+        # Clipping to the box only shrinks |δ_i|, so the result stays inside the ball.
+        return self.clip_box(x + delta)
+
+    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        # A uniformly random direction with a radius drawn uniformly in [0, ε] (as torchattacks and
+        # robustness do); uniform-in-volume would put every start on the sphere in high dimension.
+        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = direction / per_sample(_flat_norm(direction, 2.0), x).clamp_min(_TINY)
+        radius = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
+        return self.project(x + direction * per_sample(radius, x) * self.eps_for(x), x)
+
+    def step(self, grad: Tensor, step_size: Radius) -> Tensor:
+        norm = per_sample(_flat_norm(grad, 2.0), grad).clamp_min(_TINY)
+        return per_sample(step_size, grad) * grad / norm
+
+
+def make_threat(norm: str, eps: Radius, bounds: tuple[float, float] | None = (0.0, 1.0)) -> ThreatModel:
+    """Build a threat model by norm name (``"linf"`` or ``"l2"``)."""
+    return THREATS.get(norm)(eps=eps, bounds=bounds)
