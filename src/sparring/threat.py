@@ -39,6 +39,11 @@ def per_sample(value: Radius, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],) + (1,) * (x.dim() - 1), float(value), device=x.device, dtype=x.dtype)
 
 
+def _tracked(*tensors: Tensor) -> bool:
+    """Is autograd recording an op on these? (Then no in-place/``out=`` shortcuts.)"""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _flat_norm(v: Tensor, p: float) -> Tensor:
     """Per-sample norm over all non-batch dims, shape (B,)."""
     return torch.linalg.vector_norm(v.flatten(1), ord=p, dim=1)
@@ -96,6 +101,10 @@ class ThreatModel(ABC):
     def clip_box(self, x: Tensor) -> Tensor:
         return x if self.bounds is None else x.clamp(*self.bounds)
 
+    def _clip_box_(self, x: Tensor) -> Tensor:
+        """:meth:`clip_box` in place, for a buffer the caller owns."""
+        return x if self.bounds is None else x.clamp_(*self.bounds)
+
     def describe(self) -> dict[str, object]:
         eps = self.eps.tolist() if isinstance(self.eps, Tensor) else float(self.eps)
         return {"norm": self.norm, "eps": eps, "bounds": list(self.bounds) if self.bounds else None}
@@ -139,15 +148,22 @@ class LinfBall(ThreatModel):
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         eps = self.eps_for(x)
-        delta = torch.maximum(torch.minimum(x_adv - x, eps), -eps)
-        return self.clip_box(x + delta)
+        if _tracked(x_adv, x, eps):
+            delta = torch.maximum(torch.minimum(x_adv - x, eps), -eps)
+            return self.clip_box(x + delta)
+        # The same arithmetic on one fresh buffer (the attack loop's hot path; nothing is differentiated).
+        delta = torch.sub(x_adv, x)
+        torch.minimum(delta, eps, out=delta)
+        torch.maximum(delta, eps.neg(), out=delta)
+        return self._clip_box_(delta.add_(x))
 
     def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return self.clip_box(x + (2 * noise - 1) * self.eps_for(x))
+        # x + (2u − 1)·ε, computed in place on the fresh noise buffer.
+        return self._clip_box_(noise.mul_(2).sub_(1).mul_(self.eps_for(x)).add_(x))
 
     def step(self, grad: Tensor, step_size: Radius) -> Tensor:
-        return per_sample(step_size, grad) * grad.sign()
+        return grad.sign().mul_(per_sample(step_size, grad))
 
 
 @THREATS.register("l2")
@@ -164,9 +180,11 @@ class L2Ball(ThreatModel):
         eps = self.eps_for(x)
         delta = x_adv - x
         norm = per_sample(_flat_norm(delta, 2.0), x).clamp_min(_TINY)
-        delta = delta * torch.clamp(eps / norm, max=1.0)
         # Clipping to the box only shrinks |δ_i|, so the result stays inside the ball.
-        return self.clip_box(x + delta)
+        if _tracked(x_adv, x, eps):
+            delta = delta * torch.clamp(eps / norm, max=1.0)
+            return self.clip_box(x + delta)
+        return self._clip_box_(delta.mul_(torch.clamp(eps / norm, max=1.0)).add_(x))
 
     def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         # A uniformly random direction with a radius drawn uniformly in [0, ε] (as torchattacks and
@@ -178,7 +196,7 @@ class L2Ball(ThreatModel):
 
     def step(self, grad: Tensor, step_size: Radius) -> Tensor:
         norm = per_sample(_flat_norm(grad, 2.0), grad).clamp_min(_TINY)
-        return per_sample(step_size, grad) * grad / norm
+        return (per_sample(step_size, grad) * grad).div_(norm)
 
 
 def make_threat(norm: str, eps: Radius, bounds: tuple[float, float] | None = (0.0, 1.0)) -> ThreatModel:

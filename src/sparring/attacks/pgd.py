@@ -118,34 +118,52 @@ class PGD(Attack):
             g = self.gradients(model, x_adv, loss_fn, loss_ref)
             if self.keep_best:
                 best = _Best.better_of(best, x_adv, g.loss, g.logits, success_of(g.logits, y, target))
-            x_adv = threat.project(x_adv + threat.step(g.grad, alpha), x)
+            with torch.no_grad():
+                x_adv = threat.project(x_adv + threat.step(g.grad, alpha), x)
         with torch.no_grad():
             logits = model(x_adv)
             loss = loss_fn(logits, loss_ref)
-        last = _Best(x=x_adv, loss=loss, logits=logits, success=success_of(logits, y, target))
-        return _Best.better_of(best, last.x, last.loss, last.logits, last.success) if self.keep_best else last
+        success = success_of(logits, y, target)
+        if not self.keep_best:
+            return _Best(x=x_adv, loss=loss, logits=logits, success=success)
+        return _Best.better_of(best, x_adv, loss, logits, success)
 
 
 @dataclass
 class _Best:
-    """Per-sample best iterate so far, ranked by (success, loss). No host synchronization."""
+    """Per-sample best iterate so far, ranked by (success, loss). No host synchronization.
+
+    The first comparison builds new tensors (the first candidate's may alias the caller's ``x`` or the
+    gradient source's outputs); later ones update those in place (``owned``), saving an allocation of the
+    input's size per step.
+    """
 
     x: Tensor
     loss: Tensor
     logits: Tensor
     success: Tensor
+    owned: bool = False
 
     @staticmethod
     def better_of(best: _Best | None, x: Tensor, loss: Tensor, logits: Tensor, success: Tensor) -> _Best:
         if best is None:
             return _Best(x=x, loss=loss, logits=logits, success=success)
-        better = (success & ~best.success) | ((success == best.success) & (loss > best.loss))
-        return _Best(
-            x=torch.where(per_sample(better, x).bool(), x, best.x),
-            loss=torch.where(better, loss, best.loss),
-            logits=torch.where(better[:, None], logits, best.logits),
-            success=best.success | success,
-        )
+        with torch.no_grad():
+            better = (success & ~best.success) | ((success == best.success) & (loss > best.loss))
+            rows = better.view(-1, *([1] * (x.dim() - 1)))
+            if best.owned:
+                torch.where(rows, x, best.x, out=best.x)
+                torch.where(better, loss, best.loss, out=best.loss)
+                torch.where(better[:, None], logits, best.logits, out=best.logits)
+                best.success |= success
+                return best
+            return _Best(
+                x=torch.where(rows, x, best.x),
+                loss=torch.where(better, loss, best.loss),
+                logits=torch.where(better[:, None], logits, best.logits),
+                success=best.success | success,
+                owned=True,
+            )
 
     def merge(self, other: _Best, rows: Tensor) -> None:
         """Take ``other`` (computed on ``rows``) where it ranks higher."""

@@ -1,0 +1,63 @@
+"""Data: in-memory classification data sets and the loaders that make them.
+
+``load_data(source)`` returns ``(train, test)`` :class:`Dataset` pairs for ``"digits"`` (scikit-learn,
+offline), ``"cifar10"`` / ``"cifar100"`` (the python release under ``root``) or a path to an ``.npz`` file.
+Nothing is downloaded. ``long_tail`` makes an exponentially imbalanced subset.
+"""
+
+from __future__ import annotations
+
+from sparring.data.cifar import LAYOUTS, load_cifar
+from sparring.data.dataset import Dataset, stratified_split
+from sparring.data.digits import load_digits
+from sparring.data.longtail import long_tail, long_tail_counts
+from sparring.data.npz import load_npz
+from sparring.errors import DataError
+
+SOURCES = ("digits", "cifar10", "cifar100")
+
+
+def load_data(
+    source: str,
+    *,
+    root: str | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> tuple[Dataset, Dataset]:
+    """(train, test) for a named source or an ``.npz`` path.
+
+    Args:
+        source: ``"digits"``, ``"cifar10"``, ``"cifar100"`` or a path ending in ``.npz``.
+        root: for CIFAR, the extracted release folder, a folder containing it, or the ``.tar.gz`` archive.
+        test_fraction: share of each class held out, for sources without an official split (digits, npz
+            without ``x_test``).
+        seed: seed of that split.
+        num_classes: the class count for npz data (default ``max(y) + 1``); for named sources it must
+            match the source if given.
+    """
+    source = str(source)
+    if source.endswith(".npz"):
+        return load_npz(source, test_fraction=test_fraction, seed=seed, num_classes=num_classes)
+    if source == "digits":
+        train, test = load_digits(test_fraction=test_fraction, seed=seed)
+    elif source in LAYOUTS:
+        train, test = load_cifar(source, root=root)
+    else:
+        raise DataError(f"unknown data source {source!r}; accepted: {', '.join(SOURCES)}, or a path ending in .npz")
+    if num_classes is not None and num_classes != train.num_classes:
+        raise DataError(f"{source} has {train.num_classes} classes but num_classes={num_classes} was given")
+    return train, test
+
+
+__all__ = [
+    "Dataset",
+    "SOURCES",
+    "load_cifar",
+    "load_data",
+    "load_digits",
+    "load_npz",
+    "long_tail",
+    "long_tail_counts",
+    "stratified_split",
+]

@@ -1,0 +1,68 @@
+"""Models: a registry of classifier architectures and input normalization.
+
+``available()`` lists the registered names; ``build_model(name, input_shape=..., num_classes=...)`` makes
+one. ``input_shape`` excludes the batch dim: (C, H, W) for images, (D,) for tabular data. Every model
+maps a batch to logits (B, K) and takes inputs in data units; wrap it with :func:`with_normalization` when
+it expects standardized inputs, so ε stays measured in [0, 1] pixels.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from sparring.errors import ConfigError
+from sparring.models.base import MODELS
+from sparring.models.mlp import MLP
+from sparring.models.normalize import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    Normalize,
+    with_normalization,
+)
+from sparring.models.preact_resnet import PreActResNet18
+from sparring.models.small_cnn import SmallCNN
+from sparring.models.wide_resnet import WideResNet
+
+
+def available() -> list[str]:
+    """Names of all registered models."""
+    return MODELS.names()
+
+
+def settings_of(name: str) -> dict[str, Any]:
+    """The keyword settings a model accepts besides ``input_shape`` and ``num_classes``, with defaults."""
+    params = inspect.signature(MODELS.get(name)).parameters
+    return {k: p.default for k, p in params.items() if k not in ("input_shape", "num_classes", "self")}
+
+
+def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
+    """A registered model by name, e.g. ``build_model("small_cnn", input_shape=(1, 8, 8), num_classes=10)``."""
+    accepted = settings_of(name)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        options = ", ".join(accepted) or "none"
+        raise ConfigError(f"model {name!r} got unknown settings {unknown}; it accepts: {options}")
+    return MODELS.get(name)(input_shape=tuple(int(d) for d in input_shape), num_classes=num_classes, **kwargs)
+
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "MLP",
+    "MODELS",
+    "Normalize",
+    "PreActResNet18",
+    "SmallCNN",
+    "WideResNet",
+    "available",
+    "build_model",
+    "settings_of",
+    "with_normalization",
+]

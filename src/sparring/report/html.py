@@ -1,0 +1,392 @@
+"""The HTML views: one run's ``report.html`` and a page comparing several runs.
+
+Pages are self-contained (inline CSS, plots as base64 PNG, no external URL) so they can be mailed,
+attached to a pull request or opened offline. The Python side builds plain view data; the jinja2
+templates in ``templates/`` only lay it out. Optional inputs (``metrics.jsonl``, ``examples.npz``,
+``training``, empty lists) leave a short note in place of their section instead of failing the page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from sparring.errors import RunFolderError
+from sparring.report import plots
+from sparring.report.schema import (
+    REPORT_FILE,
+    atomic_write_text,
+    attack_accuracies,
+    failed_checks,
+    format_accuracy,
+    format_eps,
+    format_threat,
+    is_number,
+    is_trustworthy,
+    load_report,
+    worst_case,
+)
+
+HTML_FILE = "report.html"
+METRICS_FILE = "metrics.jsonl"
+EXAMPLES_FILE = "examples.npz"
+COMPARISON_FILE = "comparison.html"
+
+
+@cache
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("sparring.report", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = format_accuracy
+    return env
+
+
+def _render(template: str, **context: Any) -> str:
+    return _environment().get_template(template).render(**context)
+
+
+def _image(fig: Any) -> str | None:
+    return None if fig is None else plots.to_base64_png(fig)
+
+
+def format_seconds(seconds: Any) -> str:
+    """``12.3 s``, ``4.2 min`` or ``1.5 h``; ``—`` when absent."""
+    if not is_number(seconds):
+        return "—"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# -- optional run-folder files ------------------------------------------------------------------------
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows of ``metrics.jsonl`` and a note about skipped lines (``([], None)`` if the file is absent).
+
+    Lines that are not JSON objects (say, a line cut short when a run was killed) are skipped, not fatal.
+    """
+    if not path.is_file():
+        return [], None
+    rows: list[dict[str, Any]] = []
+    bad = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, (f"{bad} malformed line(s) of {path.name} were skipped." if bad else None)
+
+
+def read_examples(path: Path) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The arrays of ``examples.npz`` if they make an image grid, else ``None`` and the reason (if any)."""
+    if not path.is_file():
+        return None, None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: np.asarray(data[key]) for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        return None, f"{path.name} could not be read ({err}); no example grid."
+    missing = [key for key in ("clean", "adv") if key not in arrays]
+    if missing:
+        return None, f"{path.name} lacks {', '.join(missing)}; no example grid."
+    clean, adv = arrays["clean"], arrays["adv"]
+    if clean.ndim != 4:
+        return None, None  # not images (tabular, point clouds, tokens): no grid, nothing wrong
+    if clean.shape != adv.shape or clean.shape[1] not in (1, 3) or len(clean) == 0:
+        return None, f"{path.name}: clean {clean.shape} / adv {adv.shape} are not (N,1|3,H,W) images; no example grid."
+    return arrays, None
+
+
+# -- one run -------------------------------------------------------------------------------------------
+
+
+def _trust(report: Mapping[str, Any]) -> dict[str, Any]:
+    checks = [c for c in report.get("checks", []) if isinstance(c, dict)]
+    failed = failed_checks(report)
+    if not is_trustworthy(report):
+        reasons = [f"{c.get('name', 'check')}: {c.get('detail') or 'failed'}" for c in failed]
+        return {
+            "level": "bad",
+            "title": "This number is not trustworthy",
+            "reasons": reasons or ["the evaluation marked this report untrustworthy"],
+        }
+    if not checks:
+        return {
+            "level": "warn",
+            "title": "No checks were run",
+            "reasons": ["nothing verified that the attacks are not fooled by gradient masking"],
+        }
+    passed = sum(1 for c in checks if c.get("passed") is True)
+    skipped = len(checks) - passed
+    text = f"All {passed} checks passed" + (f" ({skipped} skipped)" if skipped else "")
+    return {"level": "ok", "title": text + ": the robust accuracy is trustworthy", "reasons": []}
+
+
+def _headline(report: Mapping[str, Any]) -> list[dict[str, str]]:
+    rows = [{"label": "clean", "value": format_accuracy(report.get("clean_accuracy")), "kind": "clean"}]
+    rows += [
+        {"label": f"robust: {name}", "value": format_accuracy(acc), "kind": "attack"}
+        for name, acc in attack_accuracies(report).items()
+    ]
+    rows.append(
+        {
+            "label": "robust: worst case over attacks (per sample)",
+            "value": format_accuracy(worst_case(report)),
+            "kind": "worst",
+        }
+    )
+    balanced = report.get("balanced_accuracy")
+    if isinstance(balanced, dict):
+        rows += [
+            {"label": f"balanced {name}", "value": format_accuracy(acc), "kind": "balanced"}
+            for name, acc in balanced.items()
+        ]
+    return rows
+
+
+def _meta(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    meta = [("objective", str(report.get("objective")))]
+    model = report.get("model")
+    if isinstance(model, dict):
+        params = model.get("parameters")
+        meta.append(("model", str(model.get("name", "?")) + (f" ({params:,} parameters)" if is_number(params) else "")))
+    data = report.get("data")
+    if isinstance(data, dict):
+        parts = [str(data.get("name", "?"))]
+        parts += [
+            f"{data[k]:,} {label}"
+            for k, label in (("n_train", "train"), ("n_eval", "eval"), ("num_classes", "classes"))
+            if is_number(data.get(k))
+        ]
+        meta.append(("data", ", ".join(parts)))
+    meta.append(("threat", format_threat(report.get("threat"))))
+    timing = report.get("timing")
+    if isinstance(timing, dict) and is_number(timing.get("eval_s")):
+        meta.append(("evaluation time", format_seconds(timing["eval_s"])))
+    if report.get("created_at"):
+        meta.append(("created", str(report["created_at"])))
+    if report.get("sparring_version"):
+        meta.append(("sparring", str(report["sparring_version"])))
+    return meta
+
+
+def _checks(report: Mapping[str, Any]) -> list[dict[str, str]]:
+    status = {True: "pass", False: "fail"}
+    return [
+        {
+            "name": str(c.get("name", "?")),
+            "status": status.get(c.get("passed"), "skip"),
+            "detail": str(c.get("detail") or ""),
+        }
+        for c in report.get("checks", [])
+        if isinstance(c, dict)
+    ]
+
+
+def _attacks(report: Mapping[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for attack in report.get("attacks") or []:
+        if not isinstance(attack, dict):
+            continue
+        settings = attack.get("settings")
+        text = ", ".join(f"{k}={v}" for k, v in settings.items()) if isinstance(settings, dict) else str(settings or "")
+        queries = attack.get("queries")
+        rows.append(
+            {
+                "name": str(attack.get("name", "?")),
+                "settings": text,
+                "robust": format_accuracy(attack.get("robust_accuracy")),
+                "time": format_seconds(attack.get("time_s")),
+                "queries": f"{queries:,}" if is_number(queries) else "—",
+            }
+        )
+    return rows
+
+
+def _per_class(report: Mapping[str, Any]) -> list[dict[str, str]]:
+    rows = [r for r in report.get("per_class", []) if isinstance(r, dict)]
+    robust = [r.get("robust_accuracy") for r in rows if is_number(r.get("robust_accuracy"))]
+    lowest = min(robust) if robust else None
+    return [
+        {
+            "cls": str(r.get("class", "")),
+            "name": str(r.get("name", r.get("class", ""))),
+            "n": str(r.get("n", "—")),
+            "clean": format_accuracy(r.get("clean_accuracy")),
+            "robust": format_accuracy(r.get("robust_accuracy")),
+            "lowest": lowest is not None and r.get("robust_accuracy") == lowest,
+        }
+        for r in rows
+    ]
+
+
+def _training(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    training = report.get("training")
+    if not isinstance(training, dict):
+        return None
+    items = [
+        ("epochs", training.get("epochs")),
+        ("training time", format_seconds(training.get("time_s"))),
+        ("best epoch", training.get("best_epoch")),
+        ("stopped early", training.get("stopped_early")),
+    ]
+    items = [(k, "yes" if v is True else "no" if v is False else str(v)) for k, v in items if v is not None]
+    events = [
+        {
+            "epoch": str(e.get("epoch", "?")),
+            "kind": str(e.get("kind", "?")).replace("_", " "),
+            "detail": str(e.get("detail") or ""),
+        }
+        for e in training.get("events") or []
+        if isinstance(e, dict)
+    ]
+    return {"items": items, "events": events}
+
+
+def render_report(
+    report: Mapping[str, Any],
+    *,
+    metrics: Sequence[Mapping[str, Any]] = (),
+    examples: Mapping[str, np.ndarray] | None = None,
+    title: str | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """The HTML text of one run's report (see :func:`write_html` for the file version)."""
+    data = report.get("data") if isinstance(report.get("data"), dict) else {}
+    class_names = [str(n) for n in data.get("class_names") or []]
+    training = report.get("training") if isinstance(report.get("training"), dict) else {}
+    threat = report.get("threat") or {}
+    context = {
+        "title": title or str(report.get("run_name") or report.get("objective")),
+        "meta": _meta(report),
+        "trust": _trust(report),
+        "clean": format_accuracy(report.get("clean_accuracy")),
+        "worst": format_accuracy(worst_case(report)),
+        "threat": format_threat(threat),
+        "eps": format_eps(threat.get("eps")),
+        "headline": _headline(report),
+        "checks": _checks(report),
+        "attacks": _attacks(report),
+        "per_class": _per_class(report),
+        "training": _training(report),
+        "objective_config": json.dumps(report.get("objective_config"), indent=2, ensure_ascii=False)
+        if report.get("objective_config") is not None
+        else None,
+        "raw": json.dumps(report, indent=2, ensure_ascii=False, default=str),
+        "notes": list(notes),
+        "img": {
+            "eps_curve": _image(plots.eps_curve_figure(report)),
+            "per_class": _image(plots.per_class_figure(report)),
+            "training": _image(plots.training_figure(metrics, training.get("events") or [])),
+            "examples": _image(plots.examples_figure(examples, class_names)) if examples is not None else None,
+        },
+    }
+    return _render("report.html", **context)
+
+
+def write_html(run_dir: Path) -> Path:
+    """Render ``run_dir/report.html`` from ``report.json`` and, if present, ``metrics.jsonl`` and
+    ``examples.npz``; return its path.
+
+    Raises:
+        RunFolderError: if ``report.json`` is missing or malformed (see :func:`load_report`).
+    """
+    run_dir = Path(run_dir)
+    report = load_report(run_dir / REPORT_FILE)
+    metrics, metrics_note = read_metrics(run_dir / METRICS_FILE)
+    examples, examples_note = read_examples(run_dir / EXAMPLES_FILE)
+    notes = [n for n in (metrics_note, examples_note) if n]
+    html = render_report(
+        report, metrics=metrics, examples=examples, title=str(report.get("run_name") or run_dir.name), notes=notes
+    )
+    out = run_dir / HTML_FILE
+    atomic_write_text(html, out)
+    return out
+
+
+# -- several runs ---------------------------------------------------------------------------------------
+
+
+def _link(run_dir: Path, page_dir: Path) -> str:
+    """Relative URL from the comparison page to the run's report.html (report.json if not rendered)."""
+    target = run_dir / HTML_FILE
+    if not target.is_file():
+        target = run_dir / REPORT_FILE
+    relative = os.path.relpath(target.resolve(), page_dir.resolve())
+    return quote(Path(relative).as_posix())
+
+
+def write_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
+    """Write one HTML page comparing runs: a table and their ε-curves overlaid, linking to each report.
+
+    ``out`` is the page's path (or a folder, which gets ``comparison.html``). Links are relative, so the
+    page keeps working when the folders move together.
+
+    Raises:
+        RunFolderError: if ``run_dirs`` is empty or a run's ``report.json`` is missing or malformed.
+    """
+    if not run_dirs:
+        raise RunFolderError("write_comparison needs at least one run folder")
+    out = Path(out)
+    if out.is_dir():
+        out = out / COMPARISON_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dirs = [Path(d).parent if Path(d).is_file() else Path(d) for d in run_dirs]
+    reports = [load_report(d / REPORT_FILE) for d in dirs]
+    labels = [str(r.get("run_name") or d.name) for r, d in zip(reports, dirs, strict=True)]
+    labels = [
+        f"{label} ({d.name})" if labels.count(label) > 1 else label for label, d in zip(labels, dirs, strict=True)
+    ]
+    worst = [worst_case(r) for r in reports]
+    best = max((w for w in worst if w is not None), default=None)
+    rows = []
+    for label, run_dir, report, w in zip(labels, dirs, reports, worst, strict=True):
+        balanced = report.get("balanced_accuracy") if isinstance(report.get("balanced_accuracy"), dict) else {}
+        model = report.get("model") if isinstance(report.get("model"), dict) else {}
+        rows.append(
+            {
+                "label": label,
+                "href": _link(run_dir, out.parent),
+                "objective": str(report.get("objective")),
+                "model": str(model.get("name", "—")),
+                "threat": format_threat(report.get("threat")),
+                "clean": format_accuracy(report.get("clean_accuracy")),
+                "worst": format_accuracy(w),
+                "best": w is not None and w == best,
+                "balanced": format_accuracy(balanced.get("robust")),
+                "trustworthy": is_trustworthy(report),
+                "failed": [str(c.get("name")) for c in failed_checks(report)],
+            }
+        )
+    html = _render(
+        "comparison.html",
+        title="Run comparison",
+        rows=rows,
+        curves=_image(plots.comparison_figure(list(zip(labels, reports, strict=True)))),
+    )
+    atomic_write_text(html, out)
+    return out

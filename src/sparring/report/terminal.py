@@ -1,0 +1,64 @@
+"""The terminal view: a rich table of the headline numbers and the checks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from sparring.report.schema import (
+    attack_accuracies,
+    failed_checks,
+    format_accuracy,
+    format_threat,
+    is_trustworthy,
+    worst_case,
+)
+
+
+def summary_table(report: Mapping[str, Any]) -> Table:
+    """Clean accuracy, robust accuracy per attack and worst case, then every check (green ✓ / red ✗).
+
+    The caption says whether the number is trustworthy; failed checks show their detail.
+    """
+    name = report.get("run_name") or report.get("objective", "run")
+    table = Table(
+        title=escape(f"{name} · {format_threat(report.get('threat'))}"),
+        title_justify="left",
+        title_style="bold",
+        caption_style="none",
+    )
+    table.add_column("", no_wrap=True)
+    table.add_column("accuracy", justify="right", no_wrap=True)
+    table.add_column("note", overflow="fold")
+    table.add_row("clean", format_accuracy(report.get("clean_accuracy")), "")
+    for attack, acc in attack_accuracies(report).items():
+        table.add_row(escape(f"robust: {attack}"), format_accuracy(acc), "")
+    table.add_row(
+        "[bold]robust: worst case[/]", f"[bold]{format_accuracy(worst_case(report))}[/]", "[dim]per sample[/]"
+    )
+    balanced = report.get("balanced_accuracy")
+    if isinstance(balanced, dict) and "robust" in balanced:
+        table.add_row("balanced robust", format_accuracy(balanced["robust"]), "[dim]mean of per-class accuracies[/]")
+    checks = [c for c in report.get("checks", []) if isinstance(c, dict)]
+    if checks:
+        table.add_section()
+        for check in checks:
+            passed = check.get("passed")
+            mark = "[green]✓[/]" if passed is True else "[red]✗[/]" if passed is False else "[dim]–[/]"
+            detail = escape(str(check.get("detail") or "")) if passed is not True else ""
+            table.add_row(
+                f"{mark} {escape(str(check.get('name', '?')))}", "", f"[red]{detail}[/]" if passed is False else detail
+            )
+    failed = failed_checks(report)
+    if not is_trustworthy(report):
+        reason = f"{len(failed)} check(s) failed" if failed else "marked untrustworthy by the evaluation"
+        table.caption = f"[bold red]✗ not trustworthy: {reason}[/]"
+    elif not checks:
+        table.caption = "[yellow]! no checks were run[/]"
+    else:
+        table.caption = "[bold green]✓ all checks passed[/]"
+    table.caption_justify = "left"
+    return table

@@ -1,0 +1,387 @@
+"""The training loop, on Hugging Face accelerate.
+
+``Trainer`` trains any model with any objective: accelerate places the model and batches (CPU or GPU),
+runs mixed precision (bf16 on CPU and GPU, fp16 on CUDA) and gradient accumulation; the loop adds LR
+schedules, a robust validation pass each epoch, early stopping on robust validation accuracy, atomic
+safetensors checkpoints, exact resume, ``metrics.jsonl`` and rich progress bars.
+
+All randomness (shuffling, random starts) is derived from ``(seed, epoch)``, so a run resumed from the
+checkpoint of epoch k reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from sparring.attacks import PGD, Attack
+from sparring.checkpoint import CheckpointDir, atomic_write_text
+from sparring.errors import ConfigError, SparringError
+from sparring.objectives import Objective
+from sparring.threat import ThreatModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Settings of the loop (the objective and model are separate).
+
+    Attributes:
+        schedule: ``constant``; ``multistep`` (×``gamma`` at each fraction of training in ``milestones``);
+            ``cosine`` (to 0 over training); ``cyclic`` (linear 0 → lr → 0 peaking at 2/5, Wong et al.).
+        mixed_precision: ``no``, ``bf16`` (CPU or GPU) or ``fp16`` (CUDA only).
+        val_size: validation examples used for the per-epoch clean / robust accuracy.
+        val_attack_steps: PGD steps of the robust validation pass.
+        early_stopping_patience: stop after this many epochs without a better robust validation
+            accuracy (None: never); the best weights are restored at the end when ``restore_best``.
+        holdout_size: held-out examples handed to ``objective.on_epoch_end`` (fast AT's CO detector).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["constant", "multistep", "cosine", "cyclic"] = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    grad_accumulation: int = 1
+    grad_clip: float | None = None
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    cpu: bool = False
+    seed: int = 0
+    val_size: int = 512
+    val_attack_steps: int = 10
+    early_stopping_patience: int | None = None
+    restore_best: bool = True
+    holdout_size: int = 128
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accumulation", "val_attack_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError("train.early_stopping_patience must be >= 1 or null")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    stopped_early: bool
+    events: list[dict[str, Any]] = field(default_factory=list)
+    time_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "epochs": len(self.history),
+            "time_s": self.time_s,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "events": self.events,
+        }
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation that depends only on ``(seed, epoch)``; accelerate calls ``set_epoch``."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def lr_factor(schedule: str, progress: float, milestones: tuple[float, ...], gamma: float) -> float:
+    """Multiplier of the base LR at ``progress`` ∈ [0, 1] of training."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "multistep":
+        return gamma ** sum(progress >= m for m in milestones)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "cyclic":
+        peak = 0.4
+        return progress / peak if progress < peak else max(0.0, (1 - progress) / (1 - peak))
+    raise ConfigError(f"unknown schedule {schedule!r}")
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class Trainer:
+    """Train ``model`` with ``objective`` on ``(x, y)`` tensors; optionally checkpoint into ``out_dir``.
+
+    Args:
+        model: any classifier mapping inputs to logits.
+        objective: a :class:`sparring.objectives.Objective` (per-example losses; the mean is trained).
+        train: training inputs and labels.
+        val: validation inputs and labels for per-epoch clean / robust accuracy (and early stopping).
+        val_threat: threat model of the robust validation pass (default: the objective's ``threat``).
+        out_dir: run folder; ``metrics.jsonl`` and ``checkpoints/`` go there. None: nothing written.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        objective: Objective,
+        train: tuple[Tensor, Tensor],
+        val: tuple[Tensor, Tensor] | None = None,
+        config: TrainConfig | None = None,
+        val_threat: ThreatModel | None = None,
+        out_dir: Path | None = None,
+    ) -> None:
+        self.cfg = config or TrainConfig()
+        self.objective = objective
+        self.val = val
+        self.val_threat = val_threat if val_threat is not None else getattr(objective, "threat", None)
+        self.val_attack: Attack = PGD(steps=self.cfg.val_attack_steps)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.cfg.mixed_precision == "fp16" and (self.cfg.cpu or not torch.cuda.is_available()):
+            raise ConfigError("train.mixed_precision fp16 needs a CUDA device; use bf16 or no")
+        self.accelerator = Accelerator(
+            cpu=self.cfg.cpu,
+            mixed_precision=self.cfg.mixed_precision,
+            gradient_accumulation_steps=self.cfg.grad_accumulation,
+        )
+        x, y = train
+        self.sampler = EpochSampler(len(x), self.cfg.seed)
+        loader = DataLoader(TensorDataset(x, y), batch_size=self.cfg.batch_size, sampler=self.sampler)
+        optimizer = _make_optimizer(model, self.cfg)
+        self.steps_per_epoch = math.ceil(len(loader) / self.cfg.grad_accumulation)
+        total = self.cfg.epochs * self.steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(self.cfg.schedule, step / total, self.cfg.milestones, self.cfg.gamma)
+        )
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+            model, optimizer, loader, scheduler
+        )
+        self.checkpoints = CheckpointDir(self.out_dir / "checkpoints") if self.out_dir else None
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        """Train for ``config.epochs`` epochs (or until early stopping); ``resume`` continues a killed run."""
+        cfg = self.cfg
+        history: list[dict[str, Any]] = []
+        best_score, best_epoch, bad_epochs, start_epoch = -math.inf, None, 0, 0
+        if resume:
+            state = self._resume()
+            history, best_score, best_epoch, bad_epochs, start_epoch = (
+                state["history"], state["best_score"], state["best_epoch"], state["bad_epochs"], state["epoch"] + 1,
+            )
+        stopped_early = False
+        started = time.perf_counter()
+        with self._progress() as progress:
+            batches = len(self.loader)
+            task = progress.add_task("train", total=cfg.epochs * batches, completed=start_epoch * batches)
+            for epoch in range(start_epoch, cfg.epochs):
+                record = self._train_epoch(epoch, lambda: progress.advance(task))
+                record.update(self._validate(epoch))
+                history.append(record)
+                score = record.get("val_robust_accuracy", record.get("val_clean_accuracy", -record["train_loss"]))
+                improved = score > best_score
+                if improved:
+                    best_score, best_epoch, bad_epochs = score, epoch, 0
+                else:
+                    bad_epochs += 1
+                progress.update(task, description=_describe(record))
+                self._log(record)
+                if self.checkpoints is not None:
+                    meta = {
+                        "history": history, "best_score": best_score, "best_epoch": best_epoch,
+                        "bad_epochs": bad_epochs, "objective_state": self.objective.state_dict(),
+                        "scheduler": _jsonable(self.scheduler.scheduler.state_dict()),
+                        "train_config": asdict(cfg),
+                    }
+                    self.checkpoints.save(
+                        epoch=epoch, model=self._unwrapped(), optimizer=self.optimizer, meta=meta, best=improved,
+                    )
+                if cfg.early_stopping_patience is not None and bad_epochs >= cfg.early_stopping_patience:
+                    stopped_early = epoch + 1 < cfg.epochs
+                    break
+        if cfg.restore_best and best_epoch is not None and self.checkpoints is not None:
+            best = self.checkpoints.best()
+            if best is not None and best_epoch != history[-1]["epoch"]:
+                CheckpointDir.load(best, model=self._unwrapped())
+        events = [
+            {"epoch": e["epoch"], "kind": "catastrophic_overfitting", "detail": json.dumps(e)}
+            for e in getattr(self.objective, "events", [])
+        ]
+        return TrainResult(
+            history=history, best_epoch=best_epoch, stopped_early=stopped_early, events=events,
+            time_s=time.perf_counter() - started,
+        )
+
+    def _train_epoch(self, epoch: int, tick: Any) -> dict[str, Any]:
+        model, acc = self.model, self.accelerator
+        model.train()
+        self.sampler.set_epoch(epoch)
+        generator = torch.Generator(device=acc.device).manual_seed(self.cfg.seed * 100_003 + epoch + 1)
+        loss_sum = torch.zeros((), device=acc.device)
+        correct = torch.zeros((), device=acc.device)
+        seen = 0
+        extra: dict[str, Tensor] = {}
+        started = time.perf_counter()
+        for x, y in self.loader:
+            with acc.accumulate(model):
+                with acc.autocast():
+                    out = self.objective(model, x, y, generator=generator)
+                loss = out.loss.float().mean()
+                acc.backward(loss)
+                if self.cfg.grad_clip is not None and acc.sync_gradients:
+                    acc.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach() * len(y)
+            correct += (out.logits.detach().argmax(1) == y).sum()
+            for key, value in out.metrics.items():
+                extra[key] = extra.get(key, 0.0) + torch.as_tensor(value, dtype=torch.float32) * len(y)
+            seen += len(y)
+            tick()
+        if not torch.isfinite(loss_sum):  # checked once per epoch: no host sync per step
+            raise SparringError(f"training loss became {float(loss_sum)} in epoch {epoch}; lower the learning rate")
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "step": (epoch + 1) * self.steps_per_epoch,
+            "lr": self.scheduler.get_last_lr()[0],
+            "train_loss": float(loss_sum) / seen,
+            "train_accuracy": float(correct) / seen,
+            "time_s": time.perf_counter() - started,
+        }
+        record.update({f"train_{k}": float(v) / seen for k, v in extra.items()})
+        return record
+
+    @torch.no_grad()
+    def _validate(self, epoch: int) -> dict[str, Any]:
+        if self.val is None:
+            return {}
+        device = self.accelerator.device
+        x, y = (t[: self.cfg.val_size].to(device) for t in self.val)
+        model = self.model
+        out: dict[str, Any] = {}
+        was_training = model.training
+        model.eval()
+        with self.accelerator.autocast():
+            clean = torch.cat([model(xb).argmax(1) for xb in x.split(self.cfg.batch_size)]) == y
+        model.train(was_training)
+        out["val_clean_accuracy"] = float(clean.float().mean())
+        generator = torch.Generator(device=device).manual_seed(self.cfg.seed + 7919 * (epoch + 1))
+        if self.val_threat is not None:
+            robust = []
+            with torch.enable_grad(), self.accelerator.autocast():
+                for xb, yb in zip(x.split(self.cfg.batch_size), y.split(self.cfg.batch_size), strict=True):
+                    robust.append(self.val_attack(model, xb, yb, self.val_threat, generator=generator).robust)
+            out["val_robust_accuracy"] = float(torch.cat(robust).float().mean())
+        holdout = (x[: self.cfg.holdout_size], y[: self.cfg.holdout_size])
+        with torch.enable_grad(), self.accelerator.autocast():
+            out.update(self.objective.on_epoch_end(model, epoch=epoch, holdout=holdout, generator=generator))
+        return out
+
+    # -------------------------------------------------------------- helpers
+    def _unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _resume(self) -> dict[str, Any]:
+        if self.checkpoints is None:
+            raise SparringError("--resume needs a run folder")
+        latest = self.checkpoints.latest()
+        if latest is None:
+            raise SparringError(f"nothing to resume: no checkpoint in {self.checkpoints.root}")
+        meta = CheckpointDir.load(latest, model=self._unwrapped(), optimizer=self.optimizer)
+        self.objective.load_state_dict(meta.get("objective_state", {}))
+        self.scheduler.scheduler.load_state_dict(meta["scheduler"])
+        self._truncate_metrics(meta["epoch"])
+        log.info("resumed from %s", latest)
+        return meta
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.out_dir is None or not self.accelerator.is_main_process:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with (self.out_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics(self, last_epoch: int) -> None:
+        """Drop metric lines written after the checkpoint a run resumes from."""
+        path = self.out_dir / "metrics.jsonl" if self.out_dir else None
+        if path is None or not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if _epoch_of(line) <= last_epoch]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def _progress(self) -> Any:
+        if not self.cfg.progress or not self.accelerator.is_main_process:
+            return _NoProgress()
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            transient=False,
+        )
+
+
+def _jsonable(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if isinstance(v, int | float | str | bool | list | None)}
+
+
+def _epoch_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 30  # an unreadable (half-written) line is dropped
+
+
+def _describe(record: dict[str, Any]) -> str:
+    parts = [f"epoch {record['epoch'] + 1}", f"loss {record['train_loss']:.3f}"]
+    for key in ("val_clean_accuracy", "val_robust_accuracy"):
+        if key in record:
+            parts.append(f"{key.removeprefix('val_').replace('_accuracy', '')} {record[key]:.3f}")
+    return " · ".join(parts)
+
+
+class _NoProgress(nullcontext):  # type: ignore[type-arg]
+    """Stand-in for rich's Progress when bars are off."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
