@@ -45,8 +45,11 @@ class TrainConfig:
         mixed_precision: ``no``, ``bf16`` (CPU or GPU) or ``fp16`` (CUDA only).
         val_size: validation examples used for the per-epoch clean / robust accuracy.
         val_attack_steps: PGD steps of the robust validation pass.
-        early_stopping_patience: stop after this many epochs without a better robust validation
-            accuracy (None: never); the best weights are restored at the end when ``restore_best``.
+        early_stopping_patience: stop after this many epochs without a better validation score
+            (``monitor``; None: never).
+        restore_best: end with the weights of the best validation epoch (Rice et al.'s early
+            stopping against robust overfitting) instead of the last ones; on by default with early
+            stopping (None), off otherwise.
         holdout_size: held-out examples handed to ``objective.on_epoch_end`` (fast AT's CO detector).
     """
 
@@ -67,7 +70,8 @@ class TrainConfig:
     val_size: int = 512
     val_attack_steps: int = 10
     early_stopping_patience: int | None = None
-    restore_best: bool = True
+    restore_best: bool | None = None
+    monitor: Literal["val_robust_accuracy", "val_clean_accuracy"] = "val_robust_accuracy"
     holdout_size: int = 128
     progress: bool = True
 
@@ -209,7 +213,7 @@ class Trainer:
                 record = self._train_epoch(epoch, lambda: progress.advance(task))
                 record.update(self._validate(epoch))
                 history.append(record)
-                score = record.get("val_robust_accuracy", record.get("val_clean_accuracy", -record["train_loss"]))
+                score = record.get(cfg.monitor, record.get("val_clean_accuracy", -record["train_loss"]))
                 improved = score > best_score
                 if improved:
                     best_score, best_epoch, bad_epochs = score, epoch, 0
@@ -230,7 +234,8 @@ class Trainer:
                 if cfg.early_stopping_patience is not None and bad_epochs >= cfg.early_stopping_patience:
                     stopped_early = epoch + 1 < cfg.epochs
                     break
-        if cfg.restore_best and best_epoch is not None and self.checkpoints is not None:
+        restore = cfg.restore_best if cfg.restore_best is not None else cfg.early_stopping_patience is not None
+        if restore and best_epoch is not None and self.checkpoints is not None:
             best = self.checkpoints.best()
             if best is not None and best_epoch != history[-1]["epoch"]:
                 CheckpointDir.load(best, model=self._unwrapped())

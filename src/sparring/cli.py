@@ -1,0 +1,199 @@
+"""The ``sparring`` command line: demo, run, train, eval, report.
+
+Bad input (a malformed config, a missing file, NaN data, a negative ε, labels out of range, an existing
+run folder) ends with one line on stderr naming the problem and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from sparring.errors import SparringError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Attack, adversarially train and evaluate PyTorch models.",
+)
+console = Console(stderr=True)
+out_console = Console()
+
+OutOption = Annotated[Path | None, typer.Option("--out", help="Run folder to write (default: runs/<name>).")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _notify(message: str) -> None:
+    console.print(f"[dim]·[/dim] {message}")
+
+
+def _show(report: dict[str, Any], folder: Path) -> None:
+    from sparring.report import summary_table
+
+    out_console.print(summary_table(report))
+    out_console.print(f"report: {folder / 'report.html'}")
+
+
+@app.command()
+def demo(out: OutOption = None, overwrite: OverwriteOption = False, quiet: QuietOption = False) -> None:
+    """Train a standard and a PGD-AT CNN on digits, evaluate both, write reports and a comparison page."""
+    from sparring.experiment import run_demo
+    from sparring.report import load_report, summary_table
+
+    folder = out or Path("runs/demo")
+    page = run_demo(folder, overwrite=overwrite, progress=not quiet, notify=_notify)
+    for name in ("standard", "pgd_at"):
+        out_console.print(f"[bold]{name}[/bold]")
+        out_console.print(summary_table(load_report(folder / name / "report.json")))
+    out_console.print(f"comparison: {page}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    out: OutOption = None,
+    overwrite: OverwriteOption = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Train as configured, then evaluate and write report.json / report.html."""
+    from sparring.config import load_config
+    from sparring.experiment import run_experiment
+
+    cfg = load_config(config)
+    folder = out or Path("runs") / (cfg.name or config.stem)
+    report = run_experiment(cfg, folder, overwrite=overwrite, resume=resume, progress=not quiet, notify=_notify)
+    assert report is not None
+    _show(report, folder)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    out: OutOption = None,
+    overwrite: OverwriteOption = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Train only: checkpoints, metrics.jsonl and the final model.safetensors, no evaluation."""
+    from sparring.config import load_config
+    from sparring.experiment import run_experiment
+
+    cfg = load_config(config)
+    folder = out or Path("runs") / (cfg.name or config.stem)
+    run_experiment(
+        cfg, folder, overwrite=overwrite, resume=resume, evaluate_after=False, progress=not quiet, notify=_notify
+    )
+    out_console.print(f"model: {folder / 'checkpoints' / 'model.safetensors'}")
+
+
+@app.command(name="eval")
+def eval_(
+    model: Annotated[str, typer.Option("--model", help="MODULE:FACTORY or file.py:FACTORY returning the model.")],
+    data: Annotated[str, typer.Option("--data", help="digits, cifar10, cifar100 or a .npz file with x and y.")],
+    eps: Annotated[float, typer.Option("--eps", help="Radius of the threat model (input units).")],
+    norm: Annotated[str, typer.Option("--norm", help="linf or l2.")] = "linf",
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="safetensors weights to load.")] = None,
+    data_root: Annotated[str | None, typer.Option("--data-root", help="Folder or archive of CIFAR.")] = None,
+    attacks: Annotated[str | None, typer.Option("--attacks", help="Comma-separated attack names.")] = None,
+    max_samples: Annotated[int | None, typer.Option("--max-samples", min=1)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    no_bounds: Annotated[bool, typer.Option("--no-bounds", help="No [0, 1] box (feature spaces).")] = False,
+    seed: int = 0,
+    out: OutOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Evaluate a model: clean and robust accuracy, worst case, per class, ε-curve, checks."""
+    from sparring.attacks import build
+    from sparring.checkpoint import load_weights
+    from sparring.data import load_data
+    from sparring.errors import ConfigError
+    from sparring.experiment import evaluate_model
+    from sparring.threat import make_threat
+
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
+    threat = make_threat(norm, eps, None if no_bounds else (0.0, 1.0))
+    net = load_factory(model)()
+    if checkpoint is not None:
+        load_weights(net, checkpoint)
+    _, test = load_data(data, root=data_root, seed=seed)
+    attack_list = [build(name.strip()) for name in attacks.split(",")] if attacks else None
+    folder = out or Path("runs") / f"eval-{Path(data).stem}-{norm}-{eps:g}"
+    report = evaluate_model(
+        net, test, threat, folder, model_name=model, attacks=attack_list, max_samples=max_samples,
+        batch_size=batch_size, seed=seed, overwrite=overwrite, notify=_notify,
+    )
+    _show(report, folder)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding report.json.")]) -> None:
+    """Re-render report.html from a run folder's report.json and print the summary."""
+    from sparring.report import load_report, write_html
+
+    data = load_report(run_dir / "report.json")
+    page = write_html(run_dir)
+    _show(data, page.parent)
+
+
+def load_factory(spec: str) -> Any:
+    """Resolve ``MODULE:FACTORY`` (a module path or a .py file) to a callable."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise SparringError(f"--model must look like MODULE:FACTORY, got {spec!r}")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise SparringError(f"model file not found: {path}")
+            spec_obj = importlib.util.spec_from_file_location(path.stem, path)
+            assert spec_obj is not None and spec_obj.loader is not None
+            module = importlib.util.module_from_spec(spec_obj)
+            spec_obj.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SparringError(f"cannot import {module_name!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise SparringError(f"{module_name} has no callable {attr!r}")
+    return factory
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", module="accelerate")
+    try:
+        app(standalone_mode=False)
+    except SparringError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except FileNotFoundError as exc:
+        console.print(f"[bold red]error:[/bold red] file not found: {exc.filename}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here with standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            console.print(f"[bold red]error:[/bold red] {exc.format_message()}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Typed configuration read from YAML (pydantic v2).
+
+A run config has five sections — ``data``, ``model``, ``objective``, ``train``, ``eval`` — plus ``name``
+and ``seed``. Objectives and attacks are written as ``{name: ..., <their own fields>}`` and are built
+from the registries, so every registered component is configurable without a schema of its own: the
+fields of its dataclass are the schema (unknown keys and wrong types are errors naming the field).
+
+    objective:
+      name: pgd_at
+      threat: {norm: linf, eps: 0.2}
+      attack: {name: pgd, steps: 10}
+
+Every error is a :class:`ConfigError` with a one-line message that names the offending field or file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from sparring.attacks import ATTACKS, Attack
+from sparring.errors import ConfigError
+from sparring.objectives import OBJECTIVES, Objective
+from sparring.threat import ThreatModel, make_threat
+from sparring.train import TrainConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ThreatSpec(_Strict):
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = Field(ge=0)
+    bounds: tuple[float, float] | None = (0.0, 1.0)
+
+    def build(self) -> ThreatModel:
+        return make_threat(self.norm, self.eps, self.bounds)
+
+
+class LongTailSpec(_Strict):
+    imbalance_ratio: float = Field(ge=1)
+
+
+class DataSpec(_Strict):
+    source: str = "digits"
+    root: str | None = None
+    test_fraction: float = Field(default=0.25, gt=0, lt=1)
+    num_classes: int | None = Field(default=None, ge=2)
+    long_tail: LongTailSpec | None = None
+
+
+class NormalizeSpec(_Strict):
+    mean: list[float]
+    std: list[float]
+
+
+class ModelSpec(BaseModel):
+    """``name`` plus the model's own settings (checked by the model registry)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "small_cnn"
+    normalize: NormalizeSpec | None = None
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EvalSpec(_Strict):
+    threat: ThreatSpec | None = None
+    attacks: list[dict[str, Any]] | None = None
+    eps_curve: list[float] | None = None
+    batch_size: int = Field(default=256, ge=1)
+    max_samples: int | None = Field(default=None, ge=1)
+
+    @field_validator("eps_curve")
+    @classmethod
+    def _non_negative(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(e < 0 for e in value):
+            raise ValueError("every eps of the curve must be >= 0")
+        return value
+
+
+class RunConfig(_Strict):
+    name: str | None = None
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    objective: dict[str, Any] = Field(default_factory=lambda: {"name": "standard"})
+    train: dict[str, Any] = Field(default_factory=dict)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    def build_objective(self) -> Objective:
+        return build_component(OBJECTIVES, self.objective, where="objective")  # type: ignore[return-value]
+
+    def build_train(self) -> TrainConfig:
+        return build_dataclass(TrainConfig, {"seed": self.seed, **self.train}, where="train")
+
+    def build_attacks(self) -> list[Attack] | None:
+        if self.eval.attacks is None:
+            return None
+        return [build_component(ATTACKS, a, where=f"eval.attacks[{i}]") for i, a in enumerate(self.eval.attacks)]
+
+    def eval_threat(self, objective: Objective) -> ThreatModel:
+        """The evaluation threat: ``eval.threat``, else the objective's training threat."""
+        if self.eval.threat is not None:
+            return self.eval.threat.build()
+        threat = getattr(objective, "threat", None)
+        if threat is None:
+            raise ConfigError("eval.threat is required when the objective has no threat model (e.g. standard)")
+        return threat
+
+
+# --------------------------------------------------------------------------- loading
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config; every problem is one ConfigError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
+    """Validate a config mapping, building every component once so errors surface before any work."""
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}") from None
+    try:
+        objective = config.build_objective()
+        config.build_train()
+        config.build_attacks()
+        config.eval_threat(objective)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return config
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown field"
+    return f"{loc}: {err['msg']}"
+
+
+# --------------------------------------------------------------------------- components
+def build_component(registry: Any, spec: Any, *, where: str) -> Any:
+    """Build a registered dataclass component from ``{name: ..., field: value, ...}``."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"{where}: expected a mapping with a 'name' key, got {spec!r}")
+    settings = dict(spec)
+    cls = registry.get(settings.pop("name"))
+    return build_dataclass(cls, settings, where=where)
+
+
+def build_dataclass(cls: type, settings: dict[str, Any], *, where: str) -> Any:
+    """Validate ``settings`` against the init fields of dataclass ``cls`` and construct it."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}.{key}: unknown field for {cls.__name__} (allowed: {allowed})")
+        kwargs[key] = _convert(hints[key], value, where=f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _convert(hint: Any, value: Any, *, where: str) -> Any:
+    if hint is Attack or (isinstance(hint, type) and issubclass(hint, Attack)):
+        return build_component(ATTACKS, value, where=where)
+    if hint is ThreatModel or (isinstance(hint, type) and issubclass(hint, ThreatModel)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping like {{norm: linf, eps: 0.03}}")
+        try:
+            return ThreatSpec.model_validate(value).build()
+        except ValidationError as exc:
+            raise ConfigError(f"{where}.{_first_error(exc)}") from None
+    if isinstance(hint, type) and not _is_plain(hint):
+        raise ConfigError(f"{where}: this field cannot be set from a config")
+    try:
+        return TypeAdapter(hint).validate_python(value, strict=False)
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"]
+        raise ConfigError(f"{where}: {message} (got {value!r})") from None
+
+
+def _is_plain(hint: type) -> bool:
+    return hint in (int, float, str, bool, list, tuple, dict)

@@ -1,0 +1,249 @@
+"""The main job: config → data → model → training → evaluation → run folder.
+
+A run folder always holds the resolved ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (with the
+final ``model.safetensors`` and ``model.json``), ``report.json``, ``report.html`` and ``examples.npz``.
+``run_demo`` trains a standard and a PGD-AT small CNN on the embedded digits and writes a comparison page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+import sparring
+from sparring.attacks import Attack
+from sparring.checkpoint import atomic_write_json, atomic_write_text, save_weights
+from sparring.config import RunConfig, load_config, parse_config
+from sparring.data import Dataset, load_data, long_tail
+from sparring.errors import DataError, RunFolderError
+from sparring.evaluate import Evaluation, evaluate
+from sparring.models import build_model, with_normalization
+from sparring.report import write_comparison, write_html, write_json
+from sparring.threat import ThreatModel
+from sparring.train import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+RUN_MARKERS = ("config.yaml", "report.json", "metrics.jsonl", "checkpoints")
+Notify = Callable[[str], None]
+
+
+def prepare_run_dir(out: Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Make ``out`` ready for a run without ever destroying something that is not ours.
+
+    An existing non-empty folder is an error unless ``resume`` (continue it) or ``overwrite`` (replace
+    it, only if it is a sparring run folder).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out} exists and is not a folder")
+    if resume:
+        if not (out / "checkpoints").is_dir():
+            raise RunFolderError(f"cannot resume: {out} has no checkpoints/ folder")
+        return out
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RunFolderError(f"run folder {out} already exists; pass --overwrite to replace it or choose --out")
+        if not any((out / m).exists() for m in RUN_MARKERS):
+            raise RunFolderError(f"{out} is not empty and is not a sparring run folder; refusing to overwrite it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_run_data(config: RunConfig) -> tuple[Dataset, Dataset]:
+    spec = config.data
+    train, test = load_data(
+        spec.source, root=spec.root, test_fraction=spec.test_fraction, seed=config.seed, num_classes=spec.num_classes
+    )
+    if spec.long_tail is not None:
+        train = long_tail(train, imbalance_ratio=spec.long_tail.imbalance_ratio, seed=config.seed)
+    return train, test
+
+
+def make_model(config: RunConfig, data: Dataset) -> nn.Module:
+    torch.manual_seed(config.seed)  # weight initialization is part of the run's seed
+    model = build_model(
+        config.model.name, input_shape=data.input_shape, num_classes=data.num_classes, **config.model.settings()
+    )
+    if config.model.normalize is not None:
+        model = with_normalization(model, config.model.normalize.mean, config.model.normalize.std)
+    return model
+
+
+def run_experiment(
+    config: RunConfig,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    evaluate_after: bool = True,
+    progress: bool = True,
+    notify: Notify | None = None,
+) -> dict[str, Any] | None:
+    """Train (and evaluate) as configured; returns the report dict (None when ``evaluate_after`` is off)."""
+    notify = notify or (lambda message: None)
+    train_data, test_data = load_run_data(config)
+    model = make_model(config, train_data)
+    objective = config.build_objective()
+    train_cfg = config.build_train()
+    train_cfg.progress = progress
+    threat = config.eval_threat(objective)
+    out = prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    if not resume:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    notify(f"training {config.model.name} with {objective.name} on {train_data.name} → {out}")
+    trainer = Trainer(
+        model=model, objective=objective, train=(train_data.x, train_data.y), val=(test_data.x, test_data.y),
+        config=train_cfg, val_threat=threat, out_dir=out,
+    )
+    result = trainer.fit(resume=resume)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    save_model(model, out / "checkpoints", config=config, data=train_data)
+    if not evaluate_after:
+        return None
+    notify("evaluating")
+    evaluation = evaluate(
+        model, test_data, threat, attacks=config.build_attacks(), eps_curve=config.eval.eps_curve,
+        batch_size=config.eval.batch_size, max_samples=config.eval.max_samples, seed=config.seed, notify=notify,
+    )
+    report = build_report(
+        evaluation, run_name=config.name or out.name, objective=objective.describe(),
+        model={"name": config.model.name, "parameters": _parameters(model)},
+        data=_describe_data(train_data, test_data, evaluation), training=result,
+    )
+    write_run_report(out, report, evaluation)
+    return report
+
+
+def build_report(
+    evaluation: Evaluation,
+    *,
+    run_name: str,
+    objective: dict[str, Any] | None,
+    model: dict[str, Any],
+    data: dict[str, Any],
+    training: TrainResult | None,
+) -> dict[str, Any]:
+    """Assemble report.json (schema in docs/report.md)."""
+    return {
+        "schema_version": 1,
+        "sparring_version": sparring.__version__,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "run_name": run_name,
+        "objective": objective["name"] if objective else None,
+        "objective_config": objective,
+        "model": model,
+        "data": data,
+        **evaluation.to_dict(),
+        "training": training.summary() if training is not None else None,
+    }
+
+
+def write_run_report(out: Path, report: dict[str, Any], evaluation: Evaluation) -> None:
+    write_json(report, out / "report.json")
+    np.savez_compressed(out / "examples.npz", **{k: v.numpy() for k, v in evaluation.examples.items()})
+    write_html(out)
+
+
+def save_model(model: nn.Module, folder: Path, *, config: RunConfig, data: Dataset) -> None:
+    """``model.safetensors`` plus ``model.json`` saying how to rebuild the architecture."""
+    save_weights(model, folder / "model.safetensors")
+    atomic_write_json(folder / "model.json", {
+        "name": config.model.name, "settings": config.model.settings(),
+        "normalize": config.model.normalize.model_dump() if config.model.normalize else None,
+        "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+    })
+
+
+def evaluate_model(
+    model: nn.Module,
+    test_data: Dataset,
+    threat: ThreatModel,
+    out: Path,
+    *,
+    model_name: str,
+    attacks: list[Attack] | None = None,
+    eps_curve: list[float] | None = None,
+    max_samples: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    overwrite: bool = False,
+    notify: Notify | None = None,
+) -> dict[str, Any]:
+    """``sparring eval``: evaluate a given model and write a run folder (no training section)."""
+    out = prepare_run_dir(out, overwrite=overwrite)
+    with torch.no_grad():
+        probe = model(test_data.x[:2])
+    if probe.dim() != 2 or probe.shape[1] < test_data.num_classes:
+        raise DataError(
+            f"the model returns shape {tuple(probe.shape)} but the data has {test_data.num_classes} classes"
+        )
+    evaluation = evaluate(
+        model, test_data, threat, attacks=attacks, eps_curve=eps_curve, max_samples=max_samples,
+        batch_size=batch_size, seed=seed, notify=notify,
+    )
+    report = build_report(
+        evaluation, run_name=out.name, objective=None,
+        model={"name": model_name, "parameters": _parameters(model)},
+        data=_describe_data(None, test_data, evaluation), training=None,
+    )
+    write_run_report(out, report, evaluation)
+    return report
+
+
+def run_demo(out: Path, *, overwrite: bool = False, progress: bool = True, notify: Notify | None = None) -> Path:
+    """Train a standard and a PGD-AT small CNN on digits; one run folder each plus ``comparison.html``."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunFolderError(f"demo folder {out} already exists; pass --overwrite to replace it or choose --out")
+    if out.exists() and overwrite and any(out.iterdir()):
+        if not (out / "comparison.html").exists():
+            raise RunFolderError(f"{out} is not empty and is not a sparring demo folder; refusing to overwrite it")
+        shutil.rmtree(out)
+    runs = []
+    for name in ("standard", "pgd_at"):
+        config = load_config(demo_config_path(name))
+        run_experiment(config, out / name, progress=progress, notify=notify)
+        runs.append(out / name)
+    return write_comparison(runs, out / "comparison.html")
+
+
+def demo_config_path(name: str) -> Path:
+    """Path of a config shipped with the package (``sparring/configs/demo_<name>.yaml``)."""
+    return Path(str(resources.files("sparring") / "configs" / f"demo_{name}.yaml"))
+
+
+def _parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _describe_data(train: Dataset | None, test: Dataset, evaluation: Evaluation) -> dict[str, Any]:
+    return {
+        "name": test.name,
+        "n_train": len(train) if train is not None else None,
+        "n_eval": len(evaluation.labels),
+        "num_classes": test.num_classes,
+        "class_names": list(test.class_names),
+        "train_class_counts": train.class_counts().tolist() if train is not None else None,
+    }
+
+
+def read_config_of(run_dir: Path) -> RunConfig:
+    """The resolved config of an existing run folder."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder (no config.yaml)")
+    return parse_config(yaml.safe_load(path.read_text()) or {}, source=str(path))
+
+
+__all__ = ["run_experiment", "run_demo", "evaluate_model", "prepare_run_dir", "build_report"]
