@@ -65,5 +65,9 @@ class TRADES(Objective):
         return ObjectiveOutput(
             loss=cross_entropy(clean, y) + self.beta * kl,
             logits=clean,
-            metrics={"kl": kl.detach().mean(), "adv_accuracy": (adv.argmax(1) == y).float().mean()},
+            metrics={
+                "kl": kl.detach().mean(),
+                "kl_per_example": kl.detach(),
+                "adv_accuracy": (adv.argmax(1) == y).float().mean(),
+            },
         )
