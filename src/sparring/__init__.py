@@ -1,3 +1,25 @@
-"""sparring: attack, adversarially train and evaluate PyTorch models."""
+"""sparring: attack, adversarially train and evaluate PyTorch models.
+
+    from sparring import LinfBall, PGD, PGDAT, Trainer, TrainConfig, build_model, evaluate, load_data
+
+The path of a batch: data → model → attack (threat model × optimizer × gradient source) → objective →
+trainer, and evaluation → report. See DESIGN.md in the repository for the architecture.
+"""
 
 __version__ = "0.1.0"
+
+from sparring.attacks import FGSM, FGSMRS, PGD, Attack, AttackResult  # noqa: E402
+from sparring.data import Dataset, load_data, long_tail  # noqa: E402
+from sparring.errors import ConfigError, DataError, SparringError, ThreatModelError  # noqa: E402
+from sparring.evaluate import Evaluation, evaluate  # noqa: E402
+from sparring.models import build_model, with_normalization  # noqa: E402
+from sparring.objectives import PGDAT, TRADES, FastAT, Objective, Standard  # noqa: E402
+from sparring.threat import L2Ball, LinfBall, ThreatModel  # noqa: E402
+from sparring.train import TrainConfig, Trainer  # noqa: E402
+
+__all__ = [
+    "FGSM", "FGSMRS", "PGD", "Attack", "AttackResult", "Dataset", "load_data", "long_tail", "ConfigError",
+    "DataError", "SparringError", "ThreatModelError", "Evaluation", "evaluate", "build_model", "with_normalization",
+    "PGDAT", "TRADES", "FastAT", "Objective", "Standard", "L2Ball", "LinfBall", "ThreatModel", "Trainer",
+    "TrainConfig", "__version__",
+]

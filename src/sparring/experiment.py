@@ -7,6 +7,7 @@ final ``model.safetensors`` and ``model.json``), ``report.json``, ``report.html`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import shutil
@@ -28,9 +29,10 @@ from sparring.data import Dataset, load_data, long_tail
 from sparring.errors import DataError, RunFolderError
 from sparring.evaluate import Evaluation, evaluate
 from sparring.models import build_model, with_normalization
+from sparring.objectives import Objective
 from sparring.report import write_comparison, write_html, write_json
 from sparring.threat import ThreatModel
-from sparring.train import Trainer, TrainResult
+from sparring.train import TrainConfig, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 RUN_MARKERS = ("config.yaml", "report.json", "metrics.jsonl", "checkpoints")
@@ -100,7 +102,7 @@ def run_experiment(
     threat = config.eval_threat(objective)
     out = prepare_run_dir(out, overwrite=overwrite, resume=resume)
     if not resume:
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        atomic_write_text(out / "config.yaml", resolved_yaml(config, objective, train_cfg))
     notify(f"training {config.model.name} with {objective.name} on {train_data.name} → {out}")
     trainer = Trainer(
         model=model, objective=objective, train=(train_data.x, train_data.y), val=(test_data.x, test_data.y),
@@ -123,6 +125,15 @@ def run_experiment(
     )
     write_run_report(out, report, evaluation)
     return report
+
+
+def resolved_yaml(config: RunConfig, objective: Objective, train_cfg: TrainConfig) -> str:
+    """The config with every default filled in; running it again reproduces the run."""
+    resolved = config.model_dump(mode="json")
+    resolved["objective"] = objective.describe()
+    resolved["train"] = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k != "progress"}
+    resolved["train"]["milestones"] = list(train_cfg.milestones)
+    return yaml.safe_dump(resolved, sort_keys=False)
 
 
 def build_report(
