@@ -23,11 +23,12 @@ from torch import nn
 
 import sparring
 from sparring.attacks import Attack
-from sparring.checkpoint import atomic_write_json, atomic_write_text, save_weights
+from sparring.checkpoint import save_weights
 from sparring.config import RunConfig, load_config, parse_config
 from sparring.data import Dataset, load_data, long_tail
 from sparring.errors import DataError, RunFolderError
 from sparring.evaluate import Evaluation, evaluate
+from sparring.files import atomic_write_json, atomic_write_text
 from sparring.models import build_model, with_normalization
 from sparring.objectives import Objective
 from sparring.report import write_comparison, write_html, write_json

@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from sparring.attacks import PGD, Attack
-from sparring.checkpoint import CheckpointDir, atomic_write_text
+from sparring.checkpoint import CheckpointDir
 from sparring.errors import ConfigError, SparringError
+from sparring.files import atomic_write_text
 from sparring.objectives import Objective
 from sparring.threat import ThreatModel
 

@@ -21,10 +21,10 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from sparring.errors import RunFolderError
+from sparring.files import atomic_write_text
 from sparring.report import plots
 from sparring.report.schema import (
     REPORT_FILE,
-    atomic_write_text,
     attack_accuracies,
     failed_checks,
     format_accuracy,
@@ -324,7 +324,7 @@ def write_html(run_dir: Path) -> Path:
         report, metrics=metrics, examples=examples, title=str(report.get("run_name") or run_dir.name), notes=notes
     )
     out = run_dir / HTML_FILE
-    atomic_write_text(html, out)
+    atomic_write_text(out, html)
     return out
 
 
@@ -388,5 +388,5 @@ def write_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
         rows=rows,
         curves=_image(plots.comparison_figure(list(zip(labels, reports, strict=True)))),
     )
-    atomic_write_text(html, out)
+    atomic_write_text(out, html)
     return out

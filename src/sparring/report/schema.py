@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sparring.errors import RunFolderError
+from sparring.files import atomic_write_json
 
 SCHEMA_VERSION = 1
 REPORT_FILE = "report.json"
@@ -72,30 +72,12 @@ def _to_builtin(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp would force 0o600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(report: Mapping[str, Any], path: Path) -> None:
     """Write ``report`` as indented JSON, atomically (a reader never sees a half-written file).
 
     Floats are written as they are; numpy and torch scalars or arrays become numbers and lists.
     """
-    atomic_write_text(json.dumps(report, indent=2, ensure_ascii=False, default=_to_builtin) + "\n", path)
+    atomic_write_json(path, report, ensure_ascii=False, default=_to_builtin)
 
 
 # -- derived facts, shared by the HTML and terminal views ------------------------------------------------
