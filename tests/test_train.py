@@ -58,26 +58,19 @@ def states_differ(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
 
 
 @dataclass(kw_only=True)
-class Ascent(Objective):
-    """Gradient *ascent* on CE: every epoch makes the model worse (not registered)."""
+class LearnThenUnlearn(Objective):
+    """CE descent in epoch 0, then CE *ascent*: validation accuracy peaks after epoch 0 (not registered)."""
 
-    name = "ascent"
+    name = "learn_then_unlearn"
+    sign: float = 1.0
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: Any = None) -> ObjectiveOutput:
         logits = model(x)
-        return ObjectiveOutput(loss=-cross_entropy(logits, y), logits=logits)
+        return ObjectiveOutput(loss=self.sign * cross_entropy(logits, y), logits=logits)
 
-
-@dataclass(kw_only=True)
-class DtypeSpy(Standard):
-    """Standard training that records the dtype of the logits it sees (not registered)."""
-
-    seen: list[torch.dtype]
-
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: Any = None) -> ObjectiveOutput:
-        out = super().__call__(model, x, y, generator=generator)
-        self.seen.append(out.logits.dtype)
-        return out
+    def on_epoch_end(self, model: nn.Module, *, epoch: int, holdout: Any, generator: Any = None) -> dict[str, Any]:
+        self.sign = -1.0
+        return {}
 
 
 # --------------------------------------------------------------------------- learning
@@ -222,16 +215,31 @@ def test_gradient_accumulation_matches_the_large_batch(digits, tiny_mlp):
 
 def test_bf16_mixed_precision_runs_on_cpu(digits, tiny_mlp):
     train, test = digits
-    spy = DtypeSpy(seen=[])
     model = tiny_mlp()
+    seen: list[torch.dtype] = []
+    model.net[1].register_forward_hook(lambda module, args, out: seen.append(out.dtype))  # first Linear
     result = Trainer(
-        model=model, objective=spy, train=subset(train, 256), val=subset(test, 64),
+        model=model, objective=Standard(), train=subset(train, 256), val=subset(test, 64),
         config=fast_config(epochs=2, mixed_precision="bf16", cpu=True), val_threat=LinfBall(eps=0.1),
     ).fit()
-    assert spy.seen and set(spy.seen) == {torch.bfloat16}  # autocast really ran
+    assert seen and set(seen) == {torch.bfloat16}  # autocast really ran (training and validation)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_trainers_with_different_precisions_in_one_process(digits, tiny_mlp):
+    """A notebook user trains in fp32, then in bf16, then in fp32 again: each Trainer gets its own setting."""
+    train, _ = digits
+    for precision in ("no", "bf16", "no"):
+        model = tiny_mlp()
+        seen: list[torch.dtype] = []
+        model.net[1].register_forward_hook(lambda module, args, out, seen=seen: seen.append(out.dtype))
+        Trainer(
+            model=model, objective=Standard(), train=subset(train, 64),
+            config=fast_config(epochs=1, mixed_precision=precision, cpu=True),
+        ).fit()
+        assert set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}, precision
 
 
 def test_fp16_on_cpu_raises_config_error(digits, tiny_mlp):
@@ -248,7 +256,7 @@ def _early_stopping_run(digits, tiny_mlp, out: Path, **overrides: Any):
     train, test = digits
     model = tiny_mlp()
     result = Trainer(
-        model=model, objective=Ascent(), train=subset(train, 256), val=subset(test, 128),
+        model=model, objective=LearnThenUnlearn(), train=subset(train, 512), val=subset(test, 128),
         config=fast_config(epochs=6, early_stopping_patience=2, monitor="val_clean_accuracy", val_size=128,
                            **overrides),
         out_dir=out,

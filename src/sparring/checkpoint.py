@@ -40,12 +40,16 @@ def load_weights(model: nn.Module, path: Path) -> None:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise SparringError(f"cannot read checkpoint {path}: {exc}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or reshaped:  # checked before loading, so a failed load changes nothing
         raise SparringError(
-            f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
+            f"checkpoint {path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"other shapes {reshaped[:5]}"
         )
+    model.load_state_dict(state)
 
 
 def _tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:

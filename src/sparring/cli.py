@@ -186,10 +186,8 @@ def main() -> None:
     except typer.Abort:
         console.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors come through here with standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors (typer bundles its own click, so match by shape, not class)
+        if callable(getattr(exc, "format_message", None)) and hasattr(exc, "exit_code"):
             console.print(f"[bold red]error:[/bold red] {exc.format_message()}", highlight=False, soft_wrap=True)
             sys.exit(2)
         raise

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from sparring.attacks import ATTACKS, Attack
 from sparring.errors import ConfigError
+from sparring.models import settings_of
 from sparring.objectives import OBJECTIVES, Objective
 from sparring.threat import ThreatModel, make_threat
 from sparring.train import TrainConfig
@@ -144,9 +145,21 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
         config.build_train()
         config.build_attacks()
         config.eval_threat(objective)
+        check_model_spec(config.model)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return config
+
+
+def check_model_spec(spec: ModelSpec) -> None:
+    """The model name exists and its settings are ones it accepts (built later, once the data is known)."""
+    try:
+        accepted = settings_of(spec.name)
+    except ConfigError as exc:
+        raise ConfigError(f"model.name: {exc}") from None
+    unknown = sorted(set(spec.settings()) - set(accepted))
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}: unknown setting for {spec.name!r} (accepted: {', '.join(accepted)})")
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -165,7 +178,10 @@ def build_component(registry: Any, spec: Any, *, where: str) -> Any:
     if not isinstance(spec, dict) or "name" not in spec:
         raise ConfigError(f"{where}: expected a mapping with a 'name' key, got {spec!r}")
     settings = dict(spec)
-    cls = registry.get(settings.pop("name"))
+    try:
+        cls = registry.get(settings.pop("name"))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.name: {exc}") from None
     return build_dataclass(cls, settings, where=where)
 
 

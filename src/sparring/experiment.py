@@ -152,7 +152,7 @@ def build_report(
         "sparring_version": sparring.__version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "run_name": run_name,
-        "objective": objective["name"] if objective else None,
+        "objective": objective["name"] if objective else "none (evaluation only)",
         "objective_config": objective,
         "model": model,
         "data": data,

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
@@ -175,6 +176,10 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.cfg.mixed_precision == "fp16" and (self.cfg.cpu or not torch.cuda.is_available()):
             raise ConfigError("train.mixed_precision fp16 needs a CUDA device; use bf16 or no")
+        # accelerate keeps its settings process-wide; a new Trainer with other settings (mixed precision,
+        # accumulation) must not inherit or clash with an earlier one. The process group is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
         self.accelerator = Accelerator(
             cpu=self.cfg.cpu,
             mixed_precision=self.cfg.mixed_precision,
@@ -252,7 +257,9 @@ class Trainer:
     def _train_epoch(self, epoch: int, tick: Any) -> dict[str, Any]:
         model, acc = self.model, self.accelerator
         model.train()
-        self.sampler.set_epoch(epoch)
+        # Through the prepared loader: accelerate's DataLoaderShard re-applies its own epoch counter
+        # to the sampler on every __iter__, so setting the sampler directly would be overwritten.
+        self.loader.set_epoch(epoch)
         generator = torch.Generator(device=acc.device).manual_seed(self.cfg.seed * 100_003 + epoch + 1)
         loss_sum = torch.zeros((), device=acc.device)
         correct = torch.zeros((), device=acc.device)

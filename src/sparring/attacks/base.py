@@ -70,6 +70,9 @@ class Attack(ABC):
     gradients: GradientSource = field(default_factory=Autograd)
     train_mode: bool = False
 
+    def __post_init__(self) -> None:
+        get_loss(self.loss)  # an unknown loss name fails when the attack is built, not mid-training
+
     def __call__(
         self,
         model: nn.Module,

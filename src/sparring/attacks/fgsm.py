@@ -32,6 +32,7 @@ class FGSM(Attack):
     random_start: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.rel_step > 0:
             raise ConfigError(f"rel_step must be > 0, got {self.rel_step}")
 
