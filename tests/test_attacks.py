@@ -7,25 +7,14 @@ import torch
 from torch import nn
 
 from sparring.attacks import FGSM, FGSMRS, PGD
-from sparring.data import load_data
 from sparring.errors import ConfigError, DataError
 from sparring.threat import L2Ball, LinfBall
 
 
 @pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A small MLP trained on digits for a few seconds (clean accuracy ~95%)."""
-    train, test = load_data("digits")
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        idx = torch.randint(0, len(train), (128,))
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(train.x[idx]), train.y[idx]).backward()
-        opt.step()
-    model.eval()
-    return model, test.x[:200], test.y[:200]
+def trained(trained_mlp, digits) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    _, test = digits
+    return trained_mlp, test.x[:200], test.y[:200]
 
 
 def robust(result) -> float:

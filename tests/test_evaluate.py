@@ -7,23 +7,13 @@ import torch
 from torch import nn
 
 from sparring.attacks import FGSM, PGD
-from sparring.data import load_data
 from sparring.evaluate import evaluate
 from sparring.threat import LinfBall
 
 
 @pytest.fixture(scope="module")
-def setup() -> tuple[nn.Module, object]:
-    train, test = load_data("digits")
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        idx = torch.randint(0, len(train), (128,))
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(train.x[idx]), train.y[idx]).backward()
-        opt.step()
-    return model, test.subset(torch.arange(120))
+def setup(trained_mlp, digits) -> tuple[nn.Module, object]:
+    return trained_mlp, digits[1].subset(torch.arange(120))
 
 
 def quick(model, data, **kwargs):

@@ -56,42 +56,37 @@ def demo(out: OutOption = None, overwrite: OverwriteOption = False, quiet: Quiet
     out_console.print(f"comparison: {page}")
 
 
-@app.command()
-def run(
-    config: Annotated[Path, typer.Argument(help="YAML run config.")],
-    out: OutOption = None,
-    overwrite: OverwriteOption = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")] = False,
-    quiet: QuietOption = False,
-) -> None:
-    """Train as configured, then evaluate and write report.json / report.html."""
+ConfigArgument = Annotated[Path, typer.Argument(help="YAML run config.")]
+ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")]
+
+
+def _run_config(config: Path, out: Path | None, **kwargs: Any) -> tuple[dict[str, Any] | None, Path]:
     from sparring.config import load_config
     from sparring.experiment import run_experiment
 
     cfg = load_config(config)
     folder = out or Path("runs") / (cfg.name or config.stem)
-    report = run_experiment(cfg, folder, overwrite=overwrite, resume=resume, progress=not quiet, notify=_notify)
+    return run_experiment(cfg, folder, notify=_notify, **kwargs), folder
+
+
+@app.command()
+def run(
+    config: ConfigArgument, out: OutOption = None, overwrite: OverwriteOption = False, resume: ResumeOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Train as configured, then evaluate and write report.json / report.html."""
+    report, folder = _run_config(config, out, overwrite=overwrite, resume=resume, progress=not quiet)
     assert report is not None
     _show(report, folder)
 
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="YAML run config.")],
-    out: OutOption = None,
-    overwrite: OverwriteOption = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")] = False,
+    config: ConfigArgument, out: OutOption = None, overwrite: OverwriteOption = False, resume: ResumeOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Train only: checkpoints, metrics.jsonl and the final model.safetensors, no evaluation."""
-    from sparring.config import load_config
-    from sparring.experiment import run_experiment
-
-    cfg = load_config(config)
-    folder = out or Path("runs") / (cfg.name or config.stem)
-    run_experiment(
-        cfg, folder, overwrite=overwrite, resume=resume, evaluate_after=False, progress=not quiet, notify=_notify
-    )
+    _, folder = _run_config(config, out, overwrite=overwrite, resume=resume, evaluate_after=False, progress=not quiet)
     out_console.print(f"model: {folder / 'checkpoints' / 'model.safetensors'}")
 
 
