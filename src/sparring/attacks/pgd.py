@@ -51,6 +51,7 @@ class PGD(Attack):
     keep_best: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.restarts < 1:
@@ -116,17 +117,17 @@ class PGD(Attack):
         best: _Best | None = None
         for _ in range(self.steps):
             g = self.gradients(model, x_adv, loss_fn, loss_ref)
-            if self.keep_best:
-                best = _Best.better_of(best, x_adv, g.loss, g.logits, success_of(g.logits, y, target))
-            with torch.no_grad():
+            with torch.no_grad():  # bookkeeping and update build no graph
+                if self.keep_best:
+                    best = _Best.better_of(best, x_adv, g.loss, g.logits, success_of(g.logits, y, target))
                 x_adv = threat.project(x_adv + threat.step(g.grad, alpha), x)
         with torch.no_grad():
             logits = model(x_adv)
             loss = loss_fn(logits, loss_ref)
-        success = success_of(logits, y, target)
-        if not self.keep_best:
-            return _Best(x=x_adv, loss=loss, logits=logits, success=success)
-        return _Best.better_of(best, x_adv, loss, logits, success)
+            success = success_of(logits, y, target)
+            if not self.keep_best:
+                return _Best(x=x_adv, loss=loss, logits=logits, success=success)
+            return _Best.better_of(best, x_adv, loss, logits, success)
 
 
 @dataclass
@@ -135,7 +136,7 @@ class _Best:
 
     The first comparison builds new tensors (the first candidate's may alias the caller's ``x`` or the
     gradient source's outputs); later ones update those in place (``owned``), saving an allocation of the
-    input's size per step.
+    input's size per step. Call :meth:`better_of` under ``torch.no_grad()`` (``out=`` builds no graph).
     """
 
     x: Tensor
@@ -148,27 +149,28 @@ class _Best:
     def better_of(best: _Best | None, x: Tensor, loss: Tensor, logits: Tensor, success: Tensor) -> _Best:
         if best is None:
             return _Best(x=x, loss=loss, logits=logits, success=success)
-        with torch.no_grad():
-            better = (success & ~best.success) | ((success == best.success) & (loss > best.loss))
-            rows = better.view(-1, *([1] * (x.dim() - 1)))
-            if best.owned:
-                torch.where(rows, x, best.x, out=best.x)
-                torch.where(better, loss, best.loss, out=best.loss)
-                torch.where(better[:, None], logits, best.logits, out=best.logits)
-                best.success |= success
-                return best
-            return _Best(
-                x=torch.where(rows, x, best.x),
-                loss=torch.where(better, loss, best.loss),
-                logits=torch.where(better[:, None], logits, best.logits),
-                success=best.success | success,
-                owned=True,
-            )
+        # Lexicographic (success, loss): a new success wins, a lost one loses, a tie goes to the higher loss.
+        better = torch.where(success == best.success, loss > best.loss, success)
+        rows = better.view((-1,) + (1,) * (x.dim() - 1))
+        if best.owned:
+            torch.where(rows, x, best.x, out=best.x)
+            torch.where(better, loss, best.loss, out=best.loss)
+            torch.where(better[:, None], logits, best.logits, out=best.logits)
+            best.success |= success
+            return best
+        return _Best(
+            x=torch.where(rows, x, best.x),
+            loss=torch.where(better, loss, best.loss),
+            logits=torch.where(better[:, None], logits, best.logits),
+            success=best.success | success,
+            owned=True,
+        )
 
     def merge(self, other: _Best, rows: Tensor) -> None:
         """Take ``other`` (computed on ``rows``) where it ranks higher."""
         mine = _Best(x=self.x[rows], loss=self.loss[rows], logits=self.logits[rows], success=self.success[rows])
-        merged = _Best.better_of(mine, other.x, other.loss, other.logits, other.success)
+        with torch.no_grad():
+            merged = _Best.better_of(mine, other.x, other.loss, other.logits, other.success)
         self.x[rows], self.loss[rows], self.logits[rows], self.success[rows] = (
             merged.x, merged.loss, merged.logits, merged.success,
         )
