@@ -34,9 +34,12 @@ class SmallCNN(nn.Module):
             *conv(w, 2 * w),
             nn.MaxPool2d(2),  # (B, 2w, H/2, W/2)
             *conv(2 * w, 2 * w),
-            nn.AdaptiveAvgPool2d(4),  # (B, 2w, 4, 4); the identity on 8x8 inputs
         )
+        self.pool = nn.AdaptiveAvgPool2d(4)  # (B, 2w, 4, 4)
         self.head = nn.Linear(32 * w, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x).flatten(1))  # (B, C, H, W) -> (B, K)
+        h = self.features(x)
+        if h.shape[-2:] != (4, 4):  # the pool is the identity on 8x8 inputs but costs ~12% of a step there
+            h = self.pool(h)
+        return self.head(h.flatten(1))  # (B, C, H, W) -> (B, K)
