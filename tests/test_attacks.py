@@ -105,3 +105,21 @@ def test_bad_batches_are_rejected(trained) -> None:
         PGD()(model, x, y[:-1], threat)
     with pytest.raises(DataError, match="bounds"):
         PGD()(model, x * 3, y, threat)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: PGD(steps=5, keep_best=False, **kw), lambda **kw: FGSMRS(**kw)])
+def test_unscored_attacks_return_the_same_input_without_scoring(trained, make) -> None:
+    model, x, y = trained
+    threat = LinfBall(eps=0.1)
+    scored = make()(model, x, y, threat, generator=torch.Generator().manual_seed(4))
+    unscored = make(score=False)(model, x, y, threat, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(scored.x_adv, unscored.x_adv)
+    assert unscored.success is None and unscored.queries == scored.queries - 1
+    with pytest.raises(ValueError, match="score=False"):
+        _ = unscored.robust
+
+
+@pytest.mark.parametrize("settings", [{}, {"keep_best": False, "restarts": 2}])
+def test_unscored_pgd_cannot_rank_iterates(settings) -> None:
+    with pytest.raises(ConfigError, match="score=False"):
+        PGD(score=False, **settings)

@@ -120,3 +120,11 @@ def test_per_sample_eps_evaluation(setup) -> None:
     even = data.y % 2 == 0
     assert torch.equal(ev.worst_case[even], ev.clean_correct[even])
     assert ev.eps_curve == []
+
+
+def test_evaluation_refuses_unscored_attacks(setup) -> None:
+    from sparring.errors import ConfigError
+
+    model, data = setup
+    with pytest.raises(ConfigError, match="scored"):
+        evaluate(model, data, LinfBall(eps=0.1), attacks=[FGSM(score=False)])

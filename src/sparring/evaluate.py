@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from sparring.attacks import FGSM, PGD, Attack
 from sparring.context import frozen_model
 from sparring.data import Dataset
-from sparring.errors import DataError
+from sparring.errors import ConfigError, DataError
 from sparring.losses import cross_entropy
 from sparring.threat import ThreatModel
 
@@ -138,6 +138,9 @@ def evaluate(
     device = torch.device(device) if device is not None else _device_of(model)
     x, y = x.to(device), y.to(device)
     attacks = list(attacks) if attacks is not None else default_attacks()
+    unscored = [a.name for a in attacks if not a.score]
+    if unscored:
+        raise ConfigError(f"evaluation needs scored attacks; {unscored} were built with score=False")
     notify = notify or (lambda message: None)
 
     with frozen_model(model), torch.no_grad():

@@ -34,23 +34,25 @@ class AttackResult:
     Attributes:
         x_adv: adversarial inputs, same shape as ``x``, inside the threat set.
         success: (B,) bool; untargeted: the prediction on ``x_adv`` differs from ``y``; targeted: it
-            equals the target.
-        loss: (B,) the attack loss at ``x_adv`` (the value the attack maximized).
-        logits: (B, K) model outputs at ``x_adv``.
+            equals the target. None when the attack ran with ``score=False``.
+        loss: (B,) the attack loss at ``x_adv`` (the value the attack maximized), or None.
+        logits: (B, K) model outputs at ``x_adv``, or None.
         queries: model evaluations (forward passes, with or without backward) per sample.
         time_s: wall-clock seconds spent in the attack.
     """
 
     x_adv: Tensor
-    success: Tensor
-    loss: Tensor
-    logits: Tensor
+    success: Tensor | None
+    loss: Tensor | None
+    logits: Tensor | None
     queries: int
     time_s: float
 
     @property
     def robust(self) -> Tensor:
         """(B,) bool: the attack failed on this sample."""
+        if self.success is None:
+            raise ValueError("this attack ran with score=False: build it with score=True to know which points it broke")
         return ~self.success
 
 
@@ -63,12 +65,15 @@ class Attack(ABC):
         gradients: where input gradients come from (default: autograd).
         train_mode: run the model in training mode during the attack (BatchNorm on batch statistics);
             the caller's model is restored either way.
+        score: evaluate the returned input with one more forward pass (``success``, ``loss``,
+            ``logits``). Training objectives that only need ``x_adv`` turn it off and save that pass.
     """
 
     name: ClassVar[str]
     loss: str = "ce"
     gradients: GradientSource = field(default_factory=Autograd)
     train_mode: bool = False
+    score: bool = True
 
     def __post_init__(self) -> None:
         get_loss(self.loss)  # an unknown loss name fails when the attack is built, not mid-training

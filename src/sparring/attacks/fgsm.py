@@ -50,6 +50,8 @@ class FGSM(Attack):
         start = threat.random_start(x, generator) if self.random_start else x
         g = self.gradients(model, start, loss_fn, loss_ref)
         x_adv = threat.project(start + threat.step(g.grad, self.rel_step * threat.eps_for(x)), x)
+        if not self.score:
+            return AttackResult(x_adv=x_adv, success=None, loss=None, logits=None, queries=1, time_s=0.0)
         with torch.no_grad():
             logits = model(x_adv)
             loss = loss_fn(logits, loss_ref)

@@ -40,6 +40,9 @@ class PGD(Attack):
         step_size: absolute step size, instead of ``rel_step`` (same for every sample).
         random_start: start uniformly inside the ball (else at ``x``).
         keep_best: return the best iterate instead of the last one.
+
+    ``score=False`` (for training: Madry's inner loop returns the last iterate) needs ``keep_best=False``
+    and ``restarts=1``, since both rank iterates by their score.
     """
 
     name = "pgd"
@@ -56,6 +59,8 @@ class PGD(Attack):
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.restarts < 1:
             raise ConfigError(f"restarts must be >= 1, got {self.restarts}")
+        if not self.score and (self.keep_best or self.restarts > 1):
+            raise ConfigError("score=False needs keep_best=False and restarts=1 (both rank scored iterates)")
         if self.rel_step is not None and self.step_size is not None:
             raise ConfigError("give either rel_step or step_size, not both")
         for label, value in (("rel_step", self.rel_step), ("step_size", self.step_size)):
@@ -81,6 +86,10 @@ class PGD(Attack):
         generator: torch.Generator | None,
     ) -> AttackResult:
         alpha = self.step_for(threat, x)
+        if not self.score:  # the last iterate, no scoring forward
+            start = threat.random_start(x, generator) if self.random_start else x
+            x_adv, _ = self._steps(model, x, y, threat, target, loss_fn, loss_ref, alpha, start)
+            return AttackResult(x_adv=x_adv, success=None, loss=None, logits=None, queries=self.steps, time_s=0.0)
         best: _Best | None = None
         for _ in range(self.restarts):
             # Draw the start for every row, then keep the rows still robust (batch independence).
@@ -114,13 +123,7 @@ class PGD(Attack):
         alpha: Tensor,
         x_adv: Tensor,
     ) -> _Best:
-        best: _Best | None = None
-        for _ in range(self.steps):
-            g = self.gradients(model, x_adv, loss_fn, loss_ref)
-            with torch.no_grad():  # bookkeeping and update build no graph
-                if self.keep_best:
-                    best = _Best.better_of(best, x_adv, g.loss, g.logits, success_of(g.logits, y, target))
-                x_adv = threat.project(x_adv + threat.step(g.grad, alpha), x)
+        x_adv, best = self._steps(model, x, y, threat, target, loss_fn, loss_ref, alpha, x_adv)
         with torch.no_grad():
             logits = model(x_adv)
             loss = loss_fn(logits, loss_ref)
@@ -128,6 +131,29 @@ class PGD(Attack):
             if not self.keep_best:
                 return _Best(x=x_adv, loss=loss, logits=logits, success=success)
             return _Best.better_of(best, x_adv, loss, logits, success)
+
+
+    def _steps(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        target: Tensor | None,
+        loss_fn: LossFn,
+        loss_ref: Tensor,
+        alpha: Tensor,
+        x_adv: Tensor,
+    ) -> tuple[Tensor, _Best | None]:
+        """``steps`` ascent steps from ``x_adv``: the last iterate and the best scored one (if kept)."""
+        best: _Best | None = None
+        for _ in range(self.steps):
+            g = self.gradients(model, x_adv, loss_fn, loss_ref)
+            with torch.no_grad():  # bookkeeping and update build no graph
+                if self.keep_best:
+                    best = _Best.better_of(best, x_adv, g.loss, g.logits, success_of(g.logits, y, target))
+                x_adv = threat.project(x_adv + threat.step(g.grad, alpha), x)
+        return x_adv, best
 
 
 @dataclass

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from sparring.attacks import FGSMRS, PGD, Attack
 from sparring.losses import cross_entropy
 from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
+from sparring.objectives.pgd_at import attack_metrics
 from sparring.threat import LinfBall, ThreatModel
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class FastAT(Objective):
 
     name = "fgsm_rs"
     threat: ThreatModel = field(default_factory=lambda: LinfBall(eps=8 / 255))
-    attack: Attack = field(default_factory=FGSMRS)
+    attack: Attack = field(default_factory=lambda: FGSMRS(score=False))
     monitor: Attack = field(default_factory=lambda: PGD(steps=5))
     co_drop: float = 0.2
     best_holdout_accuracy: float | None = None
@@ -59,9 +60,7 @@ class FastAT(Objective):
     ) -> ObjectiveOutput:
         adv = self.attack(model, x, y, self.threat, generator=generator)
         logits = model(adv.x_adv)
-        return ObjectiveOutput(
-            loss=cross_entropy(logits, y), logits=logits, metrics={"attack_success": adv.success.float().mean()}
-        )
+        return ObjectiveOutput(loss=cross_entropy(logits, y), logits=logits, metrics=attack_metrics(logits, y))
 
     def on_epoch_end(
         self,
