@@ -6,7 +6,8 @@ scikit-learn's digits from ``sparring.data.load_data("digits")``, batch 64, shuf
 optimizer (SGD, lr 0.05, momentum 0.9, weight decay 5e-4, constant LR) for one epoch of PGD adversarial
 training (L∞ ε = 0.2, PGD-10, α = ε/4, random start, attack in eval mode, update in train mode):
 
-* ``sparring``: ``Trainer(model=..., objective=PGDAT(threat=LinfBall(eps=0.2), attack=PGD(steps=10)),
+* ``sparring``: ``Trainer(model=..., objective=PGDAT(threat=LinfBall(eps=0.2)),`` (its default attack is
+  Madry's: PGD-10 on the last iterate, unscored, like the minimal loop),
   train=(x, y), config=TrainConfig(epochs=1, batch_size=64, ..., progress=False)).fit()`` with no
   validation set and ``out_dir=None`` (nothing written). The timed region includes building the Trainer
   (Accelerator, DataLoader, ``accelerator.prepare``).
@@ -92,7 +93,7 @@ def run_sparring(x: Tensor, y: Tensor, seed: int, *, checkpoints: bool = False) 
     try:
         c0, t0 = time.process_time(), time.perf_counter()
         trainer = Trainer(
-            model=model, objective=PGDAT(threat=LinfBall(eps=EPS), attack=PGD(steps=STEPS)), train=(x, y),
+            model=model, objective=PGDAT(threat=LinfBall(eps=EPS), attack=madry_pgd()), train=(x, y),
             val=None, config=train_config(seed), out_dir=out_dir,
         )
         t1 = time.perf_counter()
@@ -157,7 +158,7 @@ def run_minimal_objective(x: Tensor, y: Tensor, seed: int) -> dict[str, Any]:
     model = fresh_model(seed)
     c0, t0 = time.process_time(), time.perf_counter()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    objective = PGDAT(threat=LinfBall(eps=EPS), attack=PGD(steps=STEPS))
+    objective = PGDAT(threat=LinfBall(eps=EPS), attack=madry_pgd())
     gen = torch.Generator().manual_seed(seed)
     t1 = time.perf_counter()
     model.train()
@@ -249,8 +250,15 @@ def _step_minimal(scoring_forward: bool) -> Step:
     return step
 
 
+def madry_pgd() -> PGD:
+    """PGDAT's default inner attack: PGD-``STEPS``, α = ε/4, random start, last iterate, no scoring forward."""
+    return PGD(steps=STEPS, keep_best=False, score=False)
+
+
 def _step_objective(keep_best: bool) -> Step:
-    objective = PGDAT(threat=LinfBall(eps=EPS), attack=PGD(steps=STEPS, keep_best=keep_best))
+    # keep_best=True: the scored best-iterate variant; False: PGDAT's default (last iterate, unscored)
+    attack = PGD(steps=STEPS) if keep_best else madry_pgd()
+    objective = PGDAT(threat=LinfBall(eps=EPS), attack=attack)
 
     def step(model: nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor, gen: torch.Generator) -> None:
         loss = objective(model, xb, yb, generator=gen).loss.mean()
