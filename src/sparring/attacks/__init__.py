@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparring.attacks.base import ATTACKS, Attack, AttackResult
+from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem
 from sparring.attacks.fgsm import FGSM, FGSMRS
 from sparring.attacks.pgd import PGD
 
@@ -22,4 +22,4 @@ def build(name: str, **settings: Any) -> Attack:
     return ATTACKS.get(name)(**settings)
 
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "PGD", "available", "build"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "PGD", "Problem", "available", "build"]

@@ -4,7 +4,8 @@ An attack is a keyword-only dataclass holding its optimizer settings (steps, ste
 gradient source). It is called as ``attack(model, x, y, threat)`` and returns an :class:`AttackResult`.
 The threat model (the set of allowed perturbations) is an argument, not a setting, so one attack object
 serves every ε and norm. ``__call__`` validates the batch, enters the one restoring context
-(:func:`sparring.context.frozen_model`) and delegates to ``_run``; subclasses implement only ``_run``.
+(:func:`sparring.context.frozen_model`) and delegates to ``_run(model, problem, generator)``, where a
+:class:`Problem` bundles the batch, the threat model and the loss; subclasses implement only ``_run``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from sparring.context import frozen_model
 from sparring.errors import DataError
-from sparring.gradients import Autograd, GradientSource
+from sparring.gradients import Autograd, GradientSource, GradientStep
 from sparring.losses import LossFn, get_loss, targeted
 from sparring.registry import Registry
 from sparring.threat import ThreatModel
@@ -54,6 +55,39 @@ class AttackResult:
         if self.success is None:
             raise ValueError("this attack ran with score=False: build it with score=True to know which points it broke")
         return ~self.success
+
+
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    """One batch to attack: what every attack's inner loop needs, indexable by rows together.
+
+    Attributes:
+        x: clean inputs (B, ...); y: labels (B,); threat: the perturbation set (per-sample ε allowed);
+        loss_fn / loss_ref: the per-example loss to maximize and its per-sample reference;
+        target: (B,) target classes of a targeted attack, else None.
+    """
+
+    x: Tensor
+    y: Tensor
+    threat: ThreatModel
+    loss_fn: LossFn
+    loss_ref: Tensor
+    target: Tensor | None = None
+
+    def rows(self, index: Tensor) -> Problem:
+        """The sub-problem of the samples ``index`` (restarts attack only the still-robust ones)."""
+        return Problem(
+            x=self.x[index], y=self.y[index], threat=self.threat.subset(index), loss_fn=self.loss_fn,
+            loss_ref=self.loss_ref[index], target=None if self.target is None else self.target[index],
+        )
+
+    def query(self, gradients: GradientSource, model: nn.Module, x_adv: Tensor) -> GradientStep:
+        """Loss, input gradient and logits at ``x_adv`` from the given gradient source."""
+        return gradients(model, x_adv, self.loss_fn, self.loss_ref)
+
+    def success(self, logits: Tensor) -> Tensor:
+        """(B,) bool: misclassified (untargeted) or predicted as the target (targeted)."""
+        return success_of(logits, self.y, self.target)
 
 
 @dataclass(kw_only=True)
@@ -108,24 +142,15 @@ class Attack(ABC):
                 loss_fn = targeted(loss_fn)
         if loss_ref is None:
             loss_ref = y if target is None else target
+        problem = Problem(x=x.detach(), y=y, threat=threat, loss_fn=loss_fn, loss_ref=loss_ref, target=target)
         start = time.perf_counter()
         with frozen_model(model, train_mode=self.train_mode):
-            result = self._run(model, x.detach(), y, threat, target, loss_fn, loss_ref, generator)
+            result = self._run(model, problem, generator)
         result.time_s = time.perf_counter() - start
         return result
 
     @abstractmethod
-    def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        threat: ThreatModel,
-        target: Tensor | None,
-        loss_fn: LossFn,
-        loss_ref: Tensor,
-        generator: torch.Generator | None,
-    ) -> AttackResult:
+    def _run(self, model: nn.Module, problem: Problem, generator: torch.Generator | None) -> AttackResult:
         """The attack itself; runs inside :func:`frozen_model`."""
 
     def describe(self) -> dict[str, Any]:

@@ -14,12 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from sparring.attacks.base import ATTACKS, Attack, AttackResult, success_of
+from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem
 from sparring.errors import ConfigError
-from sparring.losses import LossFn
-from sparring.threat import ThreatModel
 
 
 @ATTACKS.register("fgsm")
@@ -36,27 +34,18 @@ class FGSM(Attack):
         if not self.rel_step > 0:
             raise ConfigError(f"rel_step must be > 0, got {self.rel_step}")
 
-    def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        threat: ThreatModel,
-        target: Tensor | None,
-        loss_fn: LossFn,
-        loss_ref: Tensor,
-        generator: torch.Generator | None,
-    ) -> AttackResult:
+    def _run(self, model: nn.Module, problem: Problem, generator: torch.Generator | None) -> AttackResult:
+        x, threat = problem.x, problem.threat
         start = threat.random_start(x, generator) if self.random_start else x
-        g = self.gradients(model, start, loss_fn, loss_ref)
+        g = problem.query(self.gradients, model, start)
         x_adv = threat.project(start + threat.step(g.grad, self.rel_step * threat.eps_for(x)), x)
         if not self.score:
             return AttackResult(x_adv=x_adv, success=None, loss=None, logits=None, queries=1, time_s=0.0)
         with torch.no_grad():
             logits = model(x_adv)
-            loss = loss_fn(logits, loss_ref)
+            loss = problem.loss_fn(logits, problem.loss_ref)
         return AttackResult(
-            x_adv=x_adv, success=success_of(logits, y, target), loss=loss, logits=logits, queries=2, time_s=0.0
+            x_adv=x_adv, success=problem.success(logits), loss=loss, logits=logits, queries=2, time_s=0.0
         )
 
 

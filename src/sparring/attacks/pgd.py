@@ -22,9 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sparring.attacks.base import ATTACKS, Attack, AttackResult, success_of
+from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem
 from sparring.errors import ConfigError
-from sparring.losses import LossFn
 from sparring.threat import ThreatModel, per_sample
 
 
@@ -74,84 +73,52 @@ class PGD(Attack):
         rel = self.rel_step if self.rel_step is not None else 2.5 / self.steps
         return rel * threat.eps_for(x)
 
-    def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        threat: ThreatModel,
-        target: Tensor | None,
-        loss_fn: LossFn,
-        loss_ref: Tensor,
-        generator: torch.Generator | None,
-    ) -> AttackResult:
+    def _run(self, model: nn.Module, problem: Problem, generator: torch.Generator | None) -> AttackResult:
+        x, threat = problem.x, problem.threat
         alpha = self.step_for(threat, x)
         if not self.score:  # the last iterate, no scoring forward
             start = threat.random_start(x, generator) if self.random_start else x
-            x_adv, _ = self._steps(model, x, y, threat, target, loss_fn, loss_ref, alpha, start)
+            x_adv, _ = self._steps(model, problem, alpha, start)
             return AttackResult(x_adv=x_adv, success=None, loss=None, logits=None, queries=self.steps, time_s=0.0)
         best: _Best | None = None
         for _ in range(self.restarts):
             # Draw the start for every row, then keep the rows still robust (batch independence).
             start = threat.random_start(x, generator) if self.random_start else x
             if best is None:
-                best = self._descend(model, x, y, threat, target, loss_fn, loss_ref, alpha, start)
+                best = self._descend(model, problem, alpha, start)
                 continue
             rows = (~best.success).nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-            part = self._descend(
-                model, x[rows], y[rows], threat.subset(rows), None if target is None else target[rows],
-                loss_fn, loss_ref[rows], alpha[rows], start[rows],
-            )
-            best.merge(part, rows)
+            best.merge(self._descend(model, problem.rows(rows), alpha[rows], start[rows]), rows)
         assert best is not None
         return AttackResult(
             x_adv=best.x, success=best.success, loss=best.loss, logits=best.logits,
             queries=(self.steps + 1) * self.restarts, time_s=0.0,
         )
 
-    def _descend(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        threat: ThreatModel,
-        target: Tensor | None,
-        loss_fn: LossFn,
-        loss_ref: Tensor,
-        alpha: Tensor,
-        x_adv: Tensor,
-    ) -> _Best:
-        x_adv, best = self._steps(model, x, y, threat, target, loss_fn, loss_ref, alpha, x_adv)
+    def _descend(self, model: nn.Module, problem: Problem, alpha: Tensor, x_adv: Tensor) -> _Best:
+        """One start: ``steps`` ascent steps, then score the last iterate (and keep the best one)."""
+        x_adv, best = self._steps(model, problem, alpha, x_adv)
         with torch.no_grad():
             logits = model(x_adv)
-            loss = loss_fn(logits, loss_ref)
-            success = success_of(logits, y, target)
+            loss = problem.loss_fn(logits, problem.loss_ref)
+            success = problem.success(logits)
             if not self.keep_best:
                 return _Best(x=x_adv, loss=loss, logits=logits, success=success)
             return _Best.better_of(best, x_adv, loss, logits, success)
 
-
     def _steps(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        threat: ThreatModel,
-        target: Tensor | None,
-        loss_fn: LossFn,
-        loss_ref: Tensor,
-        alpha: Tensor,
-        x_adv: Tensor,
+        self, model: nn.Module, problem: Problem, alpha: Tensor, x_adv: Tensor
     ) -> tuple[Tensor, _Best | None]:
         """``steps`` ascent steps from ``x_adv``: the last iterate and the best scored one (if kept)."""
+        x, threat = problem.x, problem.threat
         best: _Best | None = None
         for _ in range(self.steps):
-            g = self.gradients(model, x_adv, loss_fn, loss_ref)
+            g = problem.query(self.gradients, model, x_adv)
             with torch.no_grad():  # bookkeeping and update build no graph
                 if self.keep_best:
-                    best = _Best.better_of(best, x_adv, g.loss, g.logits, success_of(g.logits, y, target))
+                    best = _Best.better_of(best, x_adv, g.loss, g.logits, problem.success(g.logits))
                 x_adv = threat.project(x_adv + threat.step(g.grad, alpha), x)
         return x_adv, best
 
