@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -41,9 +40,9 @@ import torch.nn.functional as F
 # torchattacks 3.5 imports without torchvision (a declared dependency it does not import), so no stub is
 # needed; install it with `pip install --no-deps torchattacks`, as its dependencies would pull torchvision.
 import torchattacks
+from _common import environment, minimal_pgd
 from torch import Tensor, nn
 
-import sparring
 from sparring.attacks import PGD
 from sparring.threat import LinfBall
 
@@ -194,23 +193,10 @@ def run_torchattacks(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: i
     return {"total": t2 - t0, "attack_only": t1 - t0}, robust
 
 
-def minimal_pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int,
-                gen: torch.Generator) -> Tensor:
-    """The textbook L∞ PGD loop."""
-    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps, generator=gen)).clamp(0, 1)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), y)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        with torch.no_grad():
-            x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
-    return x_adv
-
-
 def run_minimal(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> tuple[dict, float]:
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    x_adv = minimal_pgd(model, x, y, eps, REL_STEP * eps, STEPS, gen)
+    x_adv = minimal_pgd(model, x, y, eps=eps, alpha=REL_STEP * eps, steps=STEPS, gen=gen)
     with torch.no_grad():
         robust = (model(x_adv).argmax(1) == y).float().mean().item()
     t1 = time.perf_counter()
@@ -273,22 +259,6 @@ def ratios(rows: list[dict]) -> dict[str, float]:
         "ratio_of_medians_vs_torchattacks": median / ta["median_s"],
         "ratio_of_medians_vs_torchattacks_attack_only": median / ta["attack_only_median_s"],
         "ratio_of_medians_vs_minimal_loop": median / mn["median_s"],
-    }
-
-
-def environment() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "torchattacks": getattr(torchattacks, "__version__", "?"), "sparring": sparring.__version__,
-        "threads": torch.get_num_threads(), "device": "cpu", "cpu": cpu, "platform": platform.platform(),
     }
 
 
@@ -358,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = {
         "summary": summary,
-        "environment": environment(),
+        "environment": environment(torchattacks=getattr(torchattacks, "__version__", "?")),
         "settings": {"attack": f"Linf PGD-{STEPS}, alpha = {REL_STEP} eps, random start", "repeats": repeats,
                      "quick": args.quick, "cases": meta,
                      "statistic": "times: median over round-robin rounds; time_ratio_*: median of per-round "

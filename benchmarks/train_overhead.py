@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import platform
 import pstats
 import shutil
 import statistics
@@ -56,9 +55,9 @@ from typing import Any
 import accelerate
 import torch
 import torch.nn.functional as F
+from _common import environment, minimal_pgd
 from torch import Tensor, nn
 
-import sparring
 from sparring.attacks import PGD
 from sparring.data import load_data
 from sparring.models import build_model
@@ -113,18 +112,6 @@ def run_sparring_checkpoints(x: Tensor, y: Tensor, seed: int) -> dict[str, Any]:
     return run_sparring(x, y, seed, checkpoints=True)
 
 
-def minimal_pgd(model: nn.Module, xb: Tensor, yb: Tensor, gen: torch.Generator) -> Tensor:
-    """The textbook L∞ PGD: uniform random start, ``STEPS`` sign steps, projection and clamp to [0, 1]."""
-    x_adv = (xb + torch.empty_like(xb).uniform_(-EPS, EPS, generator=gen)).clamp(0, 1)
-    for _ in range(STEPS):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), yb)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        with torch.no_grad():
-            x_adv = torch.min(torch.max(x_adv + ALPHA * grad.sign(), xb - EPS), xb + EPS).clamp(0, 1)
-    return x_adv
-
-
 def run_minimal(x: Tensor, y: Tensor, seed: int) -> dict[str, Any]:
     model = fresh_model(seed)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -135,7 +122,7 @@ def run_minimal(x: Tensor, y: Tensor, seed: int) -> dict[str, Any]:
     for idx in torch.randperm(len(y), generator=gen).split(BATCH):
         xb, yb = x[idx], y[idx]
         model.eval()
-        x_adv = minimal_pgd(model, xb, yb, gen)
+        x_adv = minimal_pgd(model, xb, yb, eps=EPS, alpha=ALPHA, steps=STEPS, gen=gen)
         model.train()
         logits = model(x_adv)
         loss = F.cross_entropy(logits, yb)
@@ -240,7 +227,7 @@ def _update(model: nn.Module, opt: torch.optim.Optimizer, x_adv: Tensor, yb: Ten
 def _step_minimal(scoring_forward: bool) -> Step:
     def step(model: nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor, gen: torch.Generator) -> None:
         model.eval()
-        x_adv = minimal_pgd(model, xb, yb, gen)
+        x_adv = minimal_pgd(model, xb, yb, eps=EPS, alpha=ALPHA, steps=STEPS, gen=gen)
         if scoring_forward:  # what sparring's PGD adds to score its last iterate
             with torch.no_grad():
                 model(x_adv)
@@ -320,20 +307,6 @@ def profile_epoch(x: Tensor, y: Tensor, seed: int, top: int) -> None:
     stats.sort_stats("tottime").print_stats(top)
 
 
-def environment() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "python": platform.python_version(), "torch": torch.__version__, "accelerate": accelerate.__version__,
-        "sparring": sparring.__version__, "threads": torch.get_num_threads(), "device": "cpu", "cpu": cpu,
-        "platform": platform.platform(),
-    }
 
 
 def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -426,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = {
         "summary": summary,
-        "environment": environment(),
+        "environment": environment(accelerate=accelerate.__version__),
         "settings": {
             "task": "one epoch of PGD-AT on the digits train split",
             "model": "build_model('small_cnn', input_shape=(1, 8, 8), num_classes=10), fresh from the seed per run",

@@ -153,7 +153,7 @@ def evaluate(
     for attack, label in zip(attacks, _labels(attacks), strict=True):
         notify(f"attack {label}")
         t0 = time.perf_counter()
-        outcome, x_first = _attack_all(model, x, y, threat, attack, batch_size, seed, n_examples)
+        outcome, x_first, queries = _attack_all(model, x, y, threat, attack, batch_size, seed, n_examples)
         outcome &= clean_correct
         robust[label] = outcome
         newly = ~outcome[: len(broken_seen)] & ~broken_seen
@@ -161,7 +161,7 @@ def evaluate(
         broken_seen |= ~outcome[: len(broken_seen)]
         attack_rows.append({
             "name": label, "settings": attack.describe(), "robust_accuracy": float(outcome.float().mean()),
-            "time_s": time.perf_counter() - t0, "queries": _queries(attack),
+            "time_s": time.perf_counter() - t0, "queries": queries,
         })
     worst = clean_correct.clone()
     for outcome in robust.values():
@@ -192,17 +192,18 @@ def evaluate(
 def _attack_all(
     model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attack: Attack, batch_size: int, seed: int,
     n_keep: int,
-) -> tuple[Tensor, Tensor]:
-    """Robust mask over all points, and the adversarial inputs of the first ``n_keep`` points."""
-    robust, kept = [], []
+) -> tuple[Tensor, Tensor, int]:
+    """Robust mask over all points, the adversarial inputs of the first ``n_keep`` points, queries per point."""
+    robust, kept, queries = [], [], 0
     for i, start in enumerate(range(0, len(x), batch_size)):
         rows = torch.arange(start, min(start + batch_size, len(x)), device=x.device)
         generator = torch.Generator(device=x.device).manual_seed(seed * 100_003 + i)
         result = attack(model, x[rows], y[rows], threat.subset(rows), generator=generator)
         robust.append(result.robust)
+        queries = max(queries, result.queries)
         if start < n_keep:
             kept.append(result.x_adv[: n_keep - start])
-    return torch.cat(robust), (torch.cat(kept) if kept else x[:0])
+    return torch.cat(robust), (torch.cat(kept) if kept else x[:0]), queries
 
 
 def _eps_curve(
@@ -218,7 +219,7 @@ def _eps_curve(
             still &= worst  # broken by the full attack set at ε ⇒ broken at every larger radius
         if still.any():  # ε = 0 is attacked too: that is what the eps_zero check verifies
             rows = still.nonzero().squeeze(1)
-            outcome, _ = _attack_all(model, x[rows], y[rows], threat.with_eps(radius), attack, batch_size, seed, 0)
+            outcome, _, _ = _attack_all(model, x[rows], y[rows], threat.with_eps(radius), attack, batch_size, seed, 0)
             still[rows] = outcome
         curve.append({"eps": radius, "robust_accuracy": float(still.float().mean())})
     return curve
@@ -236,7 +237,7 @@ def run_checks(
     clean = float(clean_correct.float().mean())
     at_zero = next((p["robust_accuracy"] for p in curve if p["eps"] == 0), None)
     if at_zero is None:
-        outcome, _ = _attack_all(model, x, y, threat.with_eps(0.0), PGD(steps=5), batch_size, seed, 0)
+        outcome, _, _ = _attack_all(model, x, y, threat.with_eps(0.0), PGD(steps=5), batch_size, seed, 0)
         at_zero = float((outcome & clean_correct).float().mean())
     checks.append({
         "name": "eps_zero_matches_clean", "passed": abs(at_zero - clean) < 1e-9,
@@ -296,7 +297,7 @@ def _check_large_eps(
         radius = 100.0 * max(threat.max_eps(), 1e-3)
     n = min(len(x), batch_size)
     attack = attack or PGD(steps=20, loss="margin")
-    outcome, _ = _attack_all(model, x[:n], y[:n], threat.with_eps(radius), attack, batch_size, seed, 0)
+    outcome, _, _ = _attack_all(model, x[:n], y[:n], threat.with_eps(radius), attack, batch_size, seed, 0)
     acc = float((outcome & clean_correct[:n]).float().mean())
     return {
         "name": "large_eps_breaks_model", "passed": acc <= 0.05,
@@ -327,8 +328,3 @@ def _labels(attacks: Sequence[Attack]) -> list[str]:
             label, k = f"{base}_{k}", k + 1
         labels.append(label)
     return labels
-
-
-def _queries(attack: Attack) -> int:
-    steps = getattr(attack, "steps", 1)
-    return (steps + 1) * getattr(attack, "restarts", 1)

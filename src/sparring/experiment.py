@@ -24,7 +24,7 @@ from torch import nn
 import sparring
 from sparring.attacks import Attack
 from sparring.checkpoint import save_weights
-from sparring.config import RunConfig, load_config, parse_config
+from sparring.config import RunConfig, load_config
 from sparring.data import Dataset, load_data, long_tail
 from sparring.errors import DataError, RunFolderError
 from sparring.evaluate import Evaluation, evaluate
@@ -248,14 +248,6 @@ def _describe_data(train: Dataset | None, test: Dataset, evaluation: Evaluation)
         "class_names": list(test.class_names),
         "train_class_counts": train.class_counts().tolist() if train is not None else None,
     }
-
-
-def read_config_of(run_dir: Path) -> RunConfig:
-    """The resolved config of an existing run folder."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise RunFolderError(f"{run_dir} is not a run folder (no config.yaml)")
-    return parse_config(yaml.safe_load(path.read_text()) or {}, source=str(path))
 
 
 __all__ = ["run_experiment", "run_demo", "evaluate_model", "prepare_run_dir", "build_report"]

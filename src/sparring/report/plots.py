@@ -45,6 +45,17 @@ def _accuracy_axis(ax: Axes) -> None:
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
 
 
+def _finish_eps_axes(fig: Figure, ax: Axes, norm_label: str) -> Figure:
+    """Labels, accuracy axis, style and legend shared by the ε-curve plots."""
+    ax.set_xlabel(f"ε ({norm_label})")
+    ax.set_ylabel("robust accuracy")
+    _accuracy_axis(ax)
+    _style(ax)
+    ax.legend(loc="best", fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def _float(value: Any) -> float:
     return float(value) if is_number(value) else math.nan
 
@@ -79,13 +90,7 @@ def eps_curve_figure(report: Mapping[str, Any]) -> Figure | None:
                 linestyle="none",
                 label=f"evaluated ε = {evaluated:g} (worst case)",
             )
-    ax.set_xlabel(f"ε ({norm_symbol(threat.get('norm', '?'))})")
-    ax.set_ylabel("robust accuracy")
-    _accuracy_axis(ax)
-    _style(ax)
-    ax.legend(loc="best", fontsize=8, frameon=False)
-    fig.tight_layout()
-    return fig
+    return _finish_eps_axes(fig, ax, norm_symbol(threat.get("norm", "?")))
 
 
 def per_class_figure(report: Mapping[str, Any], *, max_labels: int = 40) -> Figure | None:
@@ -259,10 +264,4 @@ def comparison_figure(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure |
         evaluated, robust = (report.get("threat") or {}).get("eps"), worst_case(report)
         if is_number(evaluated) and robust is not None:
             ax.plot([evaluated], [robust], marker="*", markersize=12, color=line.get_color(), linestyle="none")
-    ax.set_xlabel(f"ε ({', '.join(sorted(norms))})")
-    ax.set_ylabel("robust accuracy")
-    _accuracy_axis(ax)
-    _style(ax)
-    ax.legend(loc="best", fontsize=8, frameon=False)
-    fig.tight_layout()
-    return fig
+    return _finish_eps_axes(fig, ax, ", ".join(sorted(norms)))
