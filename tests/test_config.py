@@ -75,7 +75,7 @@ def test_full_config_round_trips(tmp_path):
     train = config.build_train()
     assert train.seed == 3  # the run seed flows into the trainer
     assert train.milestones == (0.3, 0.6)
-    attacks = config.build_attacks()
+    attacks = config.build_suite()
     assert isinstance(attacks[0], FGSM) and isinstance(attacks[1], PGD) and attacks[1].steps == 3
     assert config.eval_threat(objective).norm == "linf"  # eval.threat wins over the training threat
     assert config.eval.eps_curve == [0, 0.1, 0.2] and config.eval.max_samples == 64

@@ -77,6 +77,14 @@ def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+# Smaller budgets for slow attacks: the invariants do not depend on them, and the defaults would take seconds.
+QUICK_SETTINGS: dict[str, dict[str, object]] = {"square": {"queries": 100}}
+
+
+def build_attack(name: str, **settings: object) -> attacks.Attack:
+    return attacks.build(name, **{**QUICK_SETTINGS.get(name, {}), **settings})
+
+
 @pytest.mark.parametrize("name", attacks.available())
 class TestAttackContract:
     @pytest.mark.parametrize("threat", threats(), ids=THREAT_IDS)
@@ -84,20 +92,20 @@ class TestAttackContract:
         model = prepared_model()
         x, y = batch()
         before = snapshot(model)
-        attacks.build(name)(model, x, y, threat, generator=seeded())
+        build_attack(name)(model, x, y, threat, generator=seeded())
         assert_same(before, snapshot(model))
 
     def test_model_unchanged_in_train_mode_attack(self, name: str) -> None:
         model = prepared_model()
         x, y = batch()
         before = snapshot(model)
-        attacks.build(name, train_mode=True)(model, x, y, LinfBall(eps=0.1), generator=seeded())
+        build_attack(name, train_mode=True)(model, x, y, LinfBall(eps=0.1), generator=seeded())
         assert_same(before, snapshot(model))  # BatchNorm running stats restored
 
     @pytest.mark.parametrize("threat", threats(), ids=THREAT_IDS)
     def test_inside_threat_set(self, name: str, threat: ThreatModel) -> None:
         x, y = batch()
-        result = attacks.build(name)(small_model(), x, y, threat, generator=seeded())
+        result = build_attack(name)(small_model(), x, y, threat, generator=seeded())
         assert result.x_adv.shape == x.shape
         assert threat.contains(result.x_adv, x).all()
         assert result.success.shape == (B,) and result.success.dtype == torch.bool
@@ -107,7 +115,7 @@ class TestAttackContract:
     def test_eps_zero_is_identity(self, name: str, threat: ThreatModel) -> None:
         x, y = batch()
         model = small_model()
-        result = attacks.build(name)(model, x, y, threat, generator=seeded())
+        result = build_attack(name)(model, x, y, threat, generator=seeded())
         assert torch.equal(result.x_adv, x)
         model.eval()
         assert torch.equal(result.success, model(x).argmax(1) != y)
@@ -115,7 +123,7 @@ class TestAttackContract:
     def test_per_sample_zero_eps_rows_unchanged(self, name: str) -> None:
         x, y = batch()
         eps = torch.tensor([0.0, 0.2] * (B // 2))
-        result = attacks.build(name)(small_model(), x, y, LinfBall(eps=eps), generator=seeded())
+        result = build_attack(name)(small_model(), x, y, LinfBall(eps=eps), generator=seeded())
         assert torch.equal(result.x_adv[eps == 0], x[eps == 0])
         assert (result.x_adv[eps > 0] - x[eps > 0]).abs().amax() > 0
 
@@ -124,7 +132,7 @@ class TestAttackContract:
         x_other, y_other = batch(1)
         x_mixed, y_mixed = x_other.clone(), y_other.clone()
         x_mixed[0], y_mixed[0] = x[0], y[0]
-        attack = attacks.build(name)
+        attack = build_attack(name)
         a = attack(small_model(), x, y, LinfBall(eps=0.1), generator=seeded(3))
         b = attack(small_model(), x_mixed, y_mixed, LinfBall(eps=0.1), generator=seeded(3))
         torch.testing.assert_close(a.x_adv[0], b.x_adv[0])
@@ -132,7 +140,7 @@ class TestAttackContract:
 
     def test_deterministic_under_seed(self, name: str) -> None:
         x, y = batch()
-        attack = attacks.build(name)
+        attack = build_attack(name)
         a = attack(small_model(), x, y, L2Ball(eps=0.5), generator=seeded(7))
         b = attack(small_model(), x, y, L2Ball(eps=0.5), generator=seeded(7))
         assert torch.equal(a.x_adv, b.x_adv)
@@ -146,7 +154,7 @@ class TestAttackContract:
 
         x, y = batch()
         with pytest.raises(RuntimeError, match="boom"):
-            attacks.build(name)(model, x, y, LinfBall(eps=0.1), loss_fn=failing_loss)
+            build_attack(name)(model, x, y, LinfBall(eps=0.1), loss_fn=failing_loss)
         assert_same(before, snapshot(model))
 
 

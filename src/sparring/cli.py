@@ -6,11 +6,13 @@ run folder) ends with one line on stderr naming the problem and exit status 2, n
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -98,36 +100,86 @@ def eval_(
     norm: Annotated[str, typer.Option("--norm", help="linf or l2.")] = "linf",
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="safetensors weights to load.")] = None,
     data_root: Annotated[str | None, typer.Option("--data-root", help="Folder or archive of CIFAR.")] = None,
-    attacks: Annotated[str | None, typer.Option("--attacks", help="Comma-separated attack names.")] = None,
+    suite: Annotated[str, typer.Option("--suite", help="fast, standard or plus.")] = "standard",
+    attacks: Annotated[
+        str | None, typer.Option("--attacks", help="Comma-separated attack names, run as a cascade instead of --suite.")
+    ] = None,
+    eps_curve: Annotated[
+        str | None, typer.Option("--eps-curve", help="Comma-separated radii of the eps-curve (default 0..2 eps).")
+    ] = None,
+    precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 (autocast attacks).")] = "fp32",
     max_samples: Annotated[int | None, typer.Option("--max-samples", min=1)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     no_bounds: Annotated[bool, typer.Option("--no-bounds", help="No [0, 1] box (feature spaces).")] = False,
     seed: int = 0,
     out: OutOption = None,
     overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
-    """Evaluate a model: clean and robust accuracy, worst case, per class, ε-curve, checks."""
+    """Evaluate a model: clean and robust accuracy, worst case, per class, ε-curve, checks.
+
+    Interrupted? Run the same command again: finished batches are kept in OUT/eval_state. Under
+    torchrun / accelerate launch, each process evaluates its shard and the first one writes the report.
+    """
     from sparring.attacks import build
+    from sparring.attacks.cascade import SUITES
     from sparring.checkpoint import load_weights
     from sparring.data import load_data
     from sparring.errors import ConfigError
+    from sparring.eval_state import is_main_process
     from sparring.experiment import evaluate_model
     from sparring.threat import make_threat
 
     if norm not in ("linf", "l2"):
         raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
+    if suite not in SUITES:
+        raise ConfigError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--precision must be fp32 or bf16, got {precision!r}")
+    radii = _floats(eps_curve, "--eps-curve") if eps_curve is not None else None
     threat = make_threat(norm, eps, None if no_bounds else (0.0, 1.0))
     net = load_factory(model)()
     if checkpoint is not None:
         load_weights(net, checkpoint)
     _, test = load_data(data, root=data_root, seed=seed)
-    attack_list = [build(name.strip()) for name in attacks.split(",")] if attacks else None
+    cascade = [build(name.strip()) for name in attacks.split(",")] if attacks else suite
     folder = out or Path("runs") / f"eval-{Path(data).stem}-{norm}-{eps:g}"
-    report = evaluate_model(
-        net, test, threat, folder, model_name=model, attacks=attack_list, max_samples=max_samples,
-        batch_size=batch_size, seed=seed, overwrite=overwrite, notify=_notify,
-    )
-    _show(report, folder)
+    main = is_main_process()
+    with _progress_bar("evaluating", enabled=main and not quiet) as advance:
+        report = evaluate_model(
+            net, test, threat, folder, model_name=model, suite=cascade, eps_curve=radii, max_samples=max_samples,
+            batch_size=batch_size, seed=seed, precision=precision, overwrite=overwrite,
+            notify=_notify if main else None, progress=advance,
+        )
+    if report is not None:
+        _show(report, folder)
+
+
+def _floats(text: str, option: str) -> list[float]:
+    from sparring.errors import ConfigError
+
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+@contextlib.contextmanager
+def _progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar over batches; yields the ``progress(done, total)`` callback (None if disabled)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
 
 
 @app.command()

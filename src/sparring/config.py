@@ -74,7 +74,9 @@ class ModelSpec(BaseModel):
 
 class EvalSpec(_Strict):
     threat: ThreatSpec | None = None
-    attacks: list[dict[str, Any]] | None = None
+    suite: Literal["fast", "standard", "plus"] = "standard"
+    attacks: list[dict[str, Any]] | None = None  # a custom cascade, run in this order, instead of the suite
+    precision: Literal["fp32", "bf16"] = "fp32"
     eps_curve: list[float] | None = None
     batch_size: int = Field(default=256, ge=1)
     max_samples: int | None = Field(default=None, ge=1)
@@ -102,9 +104,10 @@ class RunConfig(_Strict):
     def build_train(self) -> TrainConfig:
         return build_dataclass(TrainConfig, {"seed": self.seed, **self.train}, where="train")
 
-    def build_attacks(self) -> list[Attack] | None:
+    def build_suite(self) -> str | list[Attack]:
+        """The evaluation cascade: ``eval.attacks`` if given, else the named ``eval.suite``."""
         if self.eval.attacks is None:
-            return None
+            return self.eval.suite
         return [build_component(ATTACKS, a, where=f"eval.attacks[{i}]") for i, a in enumerate(self.eval.attacks)]
 
     def eval_threat(self, objective: Objective) -> ThreatModel:
@@ -143,7 +146,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
     try:
         objective = config.build_objective()
         config.build_train()
-        config.build_attacks()
+        config.build_suite()
         config.eval_threat(objective)
         check_model_spec(config.model)
     except ConfigError as exc:

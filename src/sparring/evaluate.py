@@ -1,40 +1,51 @@
 """Evaluation: clean and robust accuracy, per attack and per-sample worst case, per class, ε-curves, checks.
 
-``evaluate(model, data, threat)`` runs every attack on every point (so each attack's own robust
-accuracy is reported) and takes the per-sample worst case: a point counts as robust only if no attack
-broke it. The ε-curve reuses a cascade: a point broken at ε is broken at every larger ε, so each
-larger ε only attacks the points still robust, and the points broken by the full attack set at the
-evaluated ε stay broken above it. The curve is therefore monotone and consistent with the headline.
+``evaluate(model, data, threat)`` runs an attack suite as a cascade (see :mod:`sparring.attacks.cascade`;
+default ``standard``: APGD-CE → APGD-T → Square, AutoAttack's order and budgets): each attack only runs
+on the points still robust, and a point counts as robust only if every attack failed on it.
 
-Checks flag numbers that should not be trusted (they never change a number, they mark it):
-``eps_zero_matches_clean``, ``large_eps_breaks_model``, ``gradients_finite_nonzero``,
-``deterministic_model`` and ``outputs_not_probabilities``.
+The ε-curve reuses the cascade across radii: a point broken at ε is broken at every larger ε, so each
+radius only attacks the points still robust, and the points broken by the full suite at the evaluated ε
+count as broken at every radius above it. The curve is monotone and consistent with the headline.
+
+The points are split into fixed batches, each with its own generators seeded by ``(seed, batch)``, so an
+evaluation can be resumed from its state folder and sharded across processes with identical numbers
+(:mod:`sparring.eval_state`). Checks (:mod:`sparring.checks`) never change a number: they mark it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from sparring.attacks import FGSM, PGD, Attack
+from sparring import checks as checks_
+from sparring.attacks import APGD, Attack, Square
+from sparring.attacks.base import PRECISIONS
+from sparring.attacks.cascade import NOT_BROKEN, Cascade, as_cascade
 from sparring.context import frozen_model
 from sparring.data import Dataset
 from sparring.errors import ConfigError, DataError
-from sparring.losses import cross_entropy
+from sparring.eval_state import EvalState, Record, broadcast, fingerprint, gather_records, my_batches, world
 from sparring.threat import ThreatModel
 
 log = logging.getLogger(__name__)
 
+WRONG = -2  # broken_by code of a point the model misclassifies without attack
+CHECK_SQUARE_QUERIES = 1000  # budget of the black-box check when the suite has no black-box attack
+CHECK_STREAM = 10**9  # the checks' generator, apart from every batch's
 
-def default_attacks() -> list[Attack]:
-    """FGSM, PGD-50 on CE with 2 restarts, PGD-50 on the CW margin (robust to CE saturation)."""
-    return [FGSM(), PGD(steps=50, restarts=2), PGD(steps=50, loss="margin")]
+
+def default_curve_attack() -> Attack:
+    """APGD on the CW margin, 20 steps: cheap, and it does not saturate like CE on confident models."""
+    return APGD(loss="margin", steps=20)
 
 
 def default_eps_curve(eps: float, points: int = 9) -> list[float]:
@@ -44,11 +55,18 @@ def default_eps_curve(eps: float, points: int = 9) -> list[float]:
 
 @dataclass
 class Evaluation:
-    """Per-sample outcomes and summaries; ``to_dict`` gives the report.json fields."""
+    """Per-sample outcomes and summaries; ``to_dict`` gives the report.json fields.
+
+    ``robust[label]`` is the robust mask after the cascade's attacks up to ``label`` (cumulative);
+    ``worst_case`` is the mask after all of them. ``broken_by`` is per point the index of the attack
+    that broke it, −1 if none did, −2 if the clean input is already misclassified.
+    """
 
     threat: ThreatModel
+    suite: str
     labels: Tensor
     clean_correct: Tensor
+    broken_by: Tensor
     robust: dict[str, Tensor]
     worst_case: Tensor
     attacks: list[dict[str, Any]]
@@ -57,6 +75,7 @@ class Evaluation:
     class_names: list[str]
     examples: dict[str, Tensor] = field(default_factory=dict)
     time_s: float = 0.0
+    suite_time_s: float = 0.0
 
     @property
     def clean_accuracy(self) -> float:
@@ -89,6 +108,8 @@ class Evaluation:
         present = [r for r in per_class if r["n"]]
         return {
             "threat": self.threat.describe(),
+            "suite": self.suite,
+            "n_samples": len(self.labels),
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": {**{k: float(v.float().mean()) for k, v in self.robust.items()},
                                 "worst_case": self.robust_accuracy},
@@ -101,7 +122,7 @@ class Evaluation:
             "attacks": self.attacks,
             "checks": self.checks,
             "trustworthy": self.trustworthy,
-            "timing": {"eval_s": self.time_s},
+            "timing": {"eval_s": self.time_s, "suite_s": self.suite_time_s},
         }
 
 
@@ -110,202 +131,290 @@ def evaluate(
     data: Dataset | tuple[Tensor, Tensor],
     threat: ThreatModel,
     *,
-    attacks: Sequence[Attack] | None = None,
+    suite: str | Cascade | Sequence[Attack] = "standard",
     eps_curve: Sequence[float] | None = None,
     curve_attack: Attack | None = None,
     batch_size: int = 256,
     max_samples: int | None = None,
     seed: int = 0,
     n_examples: int = 8,
+    precision: str = "fp32",
     device: torch.device | str | None = None,
+    state_dir: Path | str | None = None,
+    fresh: bool = False,
     notify: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """Evaluate ``model`` on ``data`` under ``threat``.
 
     Args:
-        attacks: attacks to run (default :func:`default_attacks`), each on every point.
+        suite: ``"fast"``, ``"standard"`` (default) or ``"plus"``, a :class:`Cascade`, or a list of
+            attacks run as a cascade in that order.
         eps_curve: radii of the ε-curve (default 9 points from 0 to 2ε; ``[]`` to skip).
-        curve_attack: the attack of the ε-curve cascade (default PGD-20 on the margin loss).
+        curve_attack: the attack of the ε-curve cascade and of the large-ε check (default
+            :func:`default_curve_attack`).
         max_samples: evaluate the first ``max_samples`` points only.
+        precision: ``"fp32"`` or ``"bf16"`` (attacks under bfloat16 autocast; breaks re-checked in fp32).
+        state_dir: write the evaluation's state there as it proceeds and resume from it (same arguments).
+        fresh: discard an existing state in ``state_dir`` instead of resuming it.
         notify: called with a short message as each stage starts.
+        progress: called with ``(batches done, batches)`` after each batch of this process.
+
+    Under ``torch.distributed`` (e.g. ``torchrun --nproc-per-node 2``) every rank evaluates its share
+    of the batches and returns the same, complete :class:`Evaluation`.
     """
     started = time.perf_counter()
     x, y, class_names = _unpack(data)
     if max_samples is not None:
         x, y = x[:max_samples], y[:max_samples]
+    if len(x) == 0:
+        raise DataError("no samples to evaluate")
     if isinstance(threat.eps, Tensor) and threat.eps.dim() == 1 and threat.eps.shape[0] != len(x):
         raise DataError(f"per-sample eps has {threat.eps.shape[0]} entries for {len(x)} evaluated samples")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else _device_of(model)
-    x, y = x.to(device), y.to(device)
-    attacks = list(attacks) if attacks is not None else default_attacks()
-    unscored = [a.name for a in attacks if not a.score]
-    if unscored:
-        raise ConfigError(f"evaluation needs scored attacks; {unscored} were built with score=False")
+    cascade = as_cascade(suite).with_precision(precision)
+    curve_attack = _with_precision(curve_attack or default_curve_attack(), precision)
+    radii = _radii(threat, eps_curve)
     notify = notify or (lambda message: None)
 
-    with frozen_model(model), torch.no_grad():
-        clean_correct = torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)]) == y
+    n_batches = (len(x) + batch_size - 1) // batch_size
+    state = None
+    if state_dir is not None:
+        settings = {
+            "threat": threat.describe(), "eps": _eps_list(threat), "suite": cascade.describe(),
+            "radii": radii, "curve_attack": curve_attack.describe(), "batch_size": batch_size, "seed": seed,
+            "n": len(x), "precision": precision, "n_examples": n_examples,
+        }
+        state = EvalState(Path(state_dir), fingerprint(model, x, y, settings), settings, fresh=fresh)
 
-    robust: dict[str, Tensor] = {}
-    attack_rows: list[dict[str, Any]] = []
-    adv_examples = x[:n_examples].clone()
-    broken_seen = torch.zeros(min(n_examples, len(x)), dtype=torch.bool, device=device)
-    for attack, label in zip(attacks, _labels(attacks), strict=True):
-        notify(f"attack {label}")
-        t0 = time.perf_counter()
-        outcome, x_first, queries = _attack_all(model, x, y, threat, attack, batch_size, seed, n_examples)
-        outcome &= clean_correct
-        robust[label] = outcome
-        newly = ~outcome[: len(broken_seen)] & ~broken_seen
-        adv_examples[newly] = x_first[newly]
-        broken_seen |= ~outcome[: len(broken_seen)]
-        attack_rows.append({
-            "name": label, "settings": attack.describe(), "robust_accuracy": float(outcome.float().mean()),
-            "time_s": time.perf_counter() - t0, "queries": queries,
-        })
-    worst = clean_correct.clone()
-    for outcome in robust.values():
-        worst &= outcome
+    mine = my_batches(n_batches)
+    records: list[Record] = []
+    notify(f"suite {cascade.name}: {', '.join(cascade.labels)} on {len(x)} points ({n_batches} batches)")
+    for done, b in enumerate(mine, 1):
+        record = state.load(b) if state is not None else None
+        if record is None:
+            rows = torch.arange(b * batch_size, min((b + 1) * batch_size, len(x)))
+            record = _evaluate_batch(
+                model, x[rows].to(device), y[rows].to(device), threat.subset(rows), cascade, radii, curve_attack,
+                seed=seed, batch=b, first=int(rows[0]), n_examples=n_examples, precision=precision,
+            )
+            if state is not None:
+                state.save(b, record)
+        records.append(record)
+        if progress is not None:
+            progress(done, len(mine))
+    records = gather_records(records)
 
-    curve: list[dict[str, float]] = []
-    if not isinstance(threat.eps, Tensor):
-        radii = list(eps_curve) if eps_curve is not None else default_eps_curve(float(threat.eps))
-        notify("eps curve")
-        radii = sorted(set(radii))
-        curve = _eps_curve(model, x, y, threat, radii, clean_correct, worst, curve_attack, batch_size, seed)
-
+    outcome = _assemble(records, len(x), cascade, radii, device=torch.device("cpu"))
     notify("checks")
-    checks = run_checks(model, x, y, threat, clean_correct, curve, curve_attack, batch_size, seed)
-    with frozen_model(model), torch.no_grad():
-        adv_pred = model(adv_examples).argmax(1)
-        clean_pred = model(x[:n_examples]).argmax(1)
+    check_list = broadcast(
+        _run_checks(model, x, y, threat, cascade, outcome, radii, curve_attack, batch_size, seed, device)
+        if world()[0] == 0 else None
+    )
+    checks_.log_failures(check_list)
     return Evaluation(
-        threat=threat, labels=y.cpu(), clean_correct=clean_correct.cpu(),
-        robust={k: v.cpu() for k, v in robust.items()}, worst_case=worst.cpu(), attacks=attack_rows,
-        eps_curve=curve, checks=checks, class_names=class_names,
-        examples={"clean": x[:n_examples].cpu(), "adv": adv_examples.cpu(), "labels": y[:n_examples].cpu(),
-                  "clean_pred": clean_pred.cpu(), "adv_pred": adv_pred.cpu()},
-        time_s=time.perf_counter() - started,
+        threat=threat, suite=cascade.name, labels=y.cpu(), clean_correct=outcome["clean_correct"],
+        broken_by=outcome["broken_by"], robust=outcome["robust"], worst_case=outcome["worst_case"],
+        attacks=outcome["attacks"], eps_curve=outcome["curve"], checks=check_list, class_names=class_names,
+        examples=_examples(model, x, y, records, n_examples, device),
+        time_s=time.perf_counter() - started, suite_time_s=sum(row["time_s"] for row in outcome["attacks"]),
     )
 
 
-def _attack_all(
-    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attack: Attack, batch_size: int, seed: int,
-    n_keep: int,
-) -> tuple[Tensor, Tensor, int]:
-    """Robust mask over all points, the adversarial inputs of the first ``n_keep`` points, queries per point."""
-    robust, kept, queries = [], [], 0
-    for i, start in enumerate(range(0, len(x), batch_size)):
-        rows = torch.arange(start, min(start + batch_size, len(x)), device=x.device)
-        generator = torch.Generator(device=x.device).manual_seed(seed * 100_003 + i)
-        result = attack(model, x[rows], y[rows], threat.subset(rows), generator=generator)
-        robust.append(result.robust)
-        queries = max(queries, result.queries)
-        if start < n_keep:
-            kept.append(result.x_adv[: n_keep - start])
-    return torch.cat(robust), (torch.cat(kept) if kept else x[:0]), queries
+# ----------------------------------------------------------------------------- one batch
+def _evaluate_batch(
+    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, cascade: Cascade, radii: list[float],
+    curve_attack: Attack, *, seed: int, batch: int, first: int, n_examples: int, precision: str,
+) -> Record:
+    """Clean prediction, the cascade, the ε-curve cascade: the JSON record of one batch."""
+    with frozen_model(model), torch.no_grad():
+        clean_correct = model(x).argmax(1) == y
+    verify = _verifier(model) if precision != "fp32" else None
+    result = cascade.run(
+        model, x, y, threat, active=clean_correct, verify=verify,
+        generator_for=lambda k: _generator(x.device, seed, batch, k),
+    )
+    broken_by = torch.where(clean_correct, result.broken_by, torch.full_like(result.broken_by, WRONG))
+    robust = broken_by == NOT_BROKEN
+    curve_broken_at = _curve_batch(model, x, y, threat, radii, clean_correct, robust, curve_attack, seed, batch,
+                                   verify)
+    keep = max(0, min(n_examples - first, len(x)))
+    return {
+        "batch": batch,
+        "first": first,
+        "broken_by": broken_by.tolist(),
+        "curve_broken_at": curve_broken_at.tolist(),
+        "time_s": result.time_s,
+        "queries": result.queries,
+        "attacked": result.attacked,
+        "adv": result.x_adv[:keep].float().cpu().tolist(),
+    }
 
 
-def _eps_curve(
+def _curve_batch(
     model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, radii: list[float], clean_correct: Tensor,
-    worst: Tensor, attack: Attack | None, batch_size: int, seed: int,
-) -> list[dict[str, float]]:
-    attack = attack or PGD(steps=20, loss="margin")
-    still = clean_correct.clone()
+    robust: Tensor, attack: Attack, seed: int, batch: int, verify: Callable[[Tensor, Tensor], Tensor] | None,
+) -> Tensor:
+    """(B,) index of the first radius at which the point is broken (``len(radii)``: never)."""
+    broken_at = torch.full_like(y, len(radii))
+    if not radii:
+        return broken_at
     eps_eval = float(threat.eps)
-    curve = []
-    for radius in radii:
+    still = clean_correct.clone()
+    for i, radius in enumerate(radii):
         if radius >= eps_eval - 1e-12:
-            still &= worst  # broken by the full attack set at ε ⇒ broken at every larger radius
-        if still.any():  # ε = 0 is attacked too: that is what the eps_zero check verifies
-            rows = still.nonzero().squeeze(1)
-            outcome, _, _ = _attack_all(model, x[rows], y[rows], threat.with_eps(radius), attack, batch_size, seed, 0)
-            still[rows] = outcome
-        curve.append({"eps": radius, "robust_accuracy": float(still.float().mean())})
-    return curve
+            still &= robust  # broken by the full suite at ε ⇒ broken at every larger radius
+        rows = still.nonzero().squeeze(1)
+        if rows.numel():  # ε = 0 is attacked too: that is what the eps_zero check verifies
+            result = attack(model, x[rows], y[rows], threat.with_eps(radius),
+                            generator=_generator(x.device, seed, batch, 1000 + i))
+            success = result.success
+            assert success is not None
+            if verify is not None and bool(success.any()):
+                success = success & verify(result.x_adv, y[rows])
+            still[rows] = ~success
+        broken_at[(broken_at == len(radii)) & ~still] = i
+    return broken_at
+
+
+def _verifier(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    """A break found under bf16 counts only if the fp32 model misclassifies the input too."""
+
+    def misclassified(x_adv: Tensor, y: Tensor) -> Tensor:
+        with frozen_model(model), torch.no_grad():
+            return model(x_adv.float()).argmax(1) != y
+
+    return misclassified
+
+
+# ----------------------------------------------------------------------------- assembling the records
+def _assemble(
+    records: list[Record], n: int, cascade: Cascade, radii: list[float], device: torch.device
+) -> dict[str, Any]:
+    broken_by = torch.tensor([v for r in records for v in r["broken_by"]], dtype=torch.long, device=device)
+    broken_at = torch.tensor([v for r in records for v in r["curve_broken_at"]], dtype=torch.long, device=device)
+    if len(broken_by) != n:
+        raise DataError(f"the evaluation state covers {len(broken_by)} points, expected {n}")
+    clean_correct = broken_by != WRONG
+    robust: dict[str, Tensor] = {}
+    rows: list[dict[str, Any]] = []
+    for k, (label, attack) in enumerate(zip(cascade.labels, cascade.attacks, strict=True)):
+        still = clean_correct & ((broken_by == NOT_BROKEN) | (broken_by > k))
+        robust[label] = still
+        rows.append({
+            "name": label, "settings": attack.describe(), "robust_accuracy": float(still.float().mean()),
+            "broken": int((broken_by == k).sum()), "attacked": sum(r["attacked"][k] for r in records),
+            "time_s": sum(r["time_s"][k] for r in records), "queries": max(r["queries"][k] for r in records),
+            "black_box": attack.black_box,
+        })
+    curve = [{"eps": radius, "robust_accuracy": float((broken_at > i).float().mean())}
+             for i, radius in enumerate(radii)]
+    return {"clean_correct": clean_correct, "broken_by": broken_by, "robust": robust,
+            "worst_case": clean_correct & (broken_by == NOT_BROKEN), "attacks": rows, "curve": curve}
+
+
+def _examples(
+    model: nn.Module, x: Tensor, y: Tensor, records: list[Record], n_examples: int, device: torch.device
+) -> dict[str, Tensor]:
+    n = min(n_examples, len(x))
+    adv = [row for r in records for row in r["adv"]][:n]
+    clean = x[:n]
+    adv_x = torch.tensor(adv, dtype=clean.dtype).reshape(clean.shape) if n else clean.clone()
+    with frozen_model(model), torch.no_grad():
+        clean_pred = model(clean.to(device)).argmax(1).cpu()
+        adv_pred = model(adv_x.to(device)).argmax(1).cpu()
+    return {"clean": clean.cpu(), "adv": adv_x, "labels": y[:n].cpu(), "clean_pred": clean_pred, "adv_pred": adv_pred}
 
 
 # ----------------------------------------------------------------------------- checks
-def run_checks(
-    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, clean_correct: Tensor,
-    curve: list[dict[str, float]], curve_attack: Attack | None, batch_size: int, seed: int,
+def _run_checks(
+    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, cascade: Cascade, outcome: dict[str, Any],
+    radii: list[float], curve_attack: Attack, batch_size: int, seed: int, device: torch.device,
 ) -> list[dict[str, Any]]:
-    """Gradient-masking and sanity checks; each is ``{name, passed, detail}``."""
-    probe_x, probe_y = x[:batch_size], y[:batch_size]
-    checks = [_check_gradients(model, probe_x, probe_y), _check_deterministic(model, probe_x),
-              _check_probabilities(model, probe_x)]
-    clean = float(clean_correct.float().mean())
-    at_zero = next((p["robust_accuracy"] for p in curve if p["eps"] == 0), None)
-    if at_zero is None:
-        outcome, _, _ = _attack_all(model, x, y, threat.with_eps(0.0), PGD(steps=5), batch_size, seed, 0)
-        at_zero = float((outcome & clean_correct).float().mean())
-    checks.append({
-        "name": "eps_zero_matches_clean", "passed": abs(at_zero - clean) < 1e-9,
-        "detail": f"robust accuracy at eps=0 ({at_zero:.4f}) vs clean accuracy ({clean:.4f})",
-    })
-    checks.append(_check_large_eps(model, x, y, threat, clean_correct, curve_attack, batch_size, seed))
-    for check in checks:
-        if check["passed"] is False:
-            log.warning("check %s failed: %s", check["name"], check["detail"])
-    return checks
-
-
-def _check_gradients(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
-    with frozen_model(model):
-        xg = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(cross_entropy(model(xg), y).sum(), xg)
-    finite = bool(torch.isfinite(grad).all())
-    zero = float((grad.flatten(1).abs().amax(1) == 0).float().mean())
-    return {
-        "name": "gradients_finite_nonzero", "passed": finite and zero <= 0.5,
-        "detail": f"input gradients finite: {finite}; fraction of samples with an all-zero gradient: {zero:.2f}",
-    }
-
-
-def _check_deterministic(model: nn.Module, x: Tensor) -> dict[str, Any]:
-    with frozen_model(model), torch.no_grad():
-        a, b = model(x), model(x)
-    diff = float((a - b).abs().max()) if a.numel() else 0.0
-    return {
-        "name": "deterministic_model", "passed": diff <= 1e-5,
-        "detail": f"max difference between two forward passes on the same batch: {diff:.3g}"
-        + ("" if diff <= 1e-5 else " (randomized model: use EOT attacks)"),
-    }
-
-
-def _check_probabilities(model: nn.Module, x: Tensor) -> dict[str, Any]:
-    with frozen_model(model), torch.no_grad():
-        out = model(x).float()
-    probs = bool((out >= 0).all() and (out <= 1).all() and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-3))
-    return {
-        "name": "outputs_not_probabilities", "passed": not probs,
-        "detail": "model returns logits" if not probs else
-        "model outputs look like softmax probabilities: CE on them masks gradients; return logits",
-    }
-
-
-def _check_large_eps(
-    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, clean_correct: Tensor, attack: Attack | None,
-    batch_size: int, seed: int,
-) -> dict[str, Any]:
-    """An attack with a huge budget must break (almost) everything; if not, gradients are masked."""
-    if threat.bounds is not None:
-        span = threat.bounds[1] - threat.bounds[0]
-        radius = span if threat.norm == "linf" else span * x[0].numel() ** 0.5
+    """Every check of :mod:`sparring.checks`; the model-based ones on a probe batch (the first points)."""
+    n = min(len(x), batch_size, 256)
+    probe = torch.arange(n)
+    px, py = x[:n].to(device), y[:n].to(device)
+    probe_threat = threat.subset(probe)
+    generator = _generator(device, seed, CHECK_STREAM, 0)
+    found = [
+        checks_.gradients_finite_nonzero(model, px, py),
+        checks_.deterministic_model(model, px),
+        checks_.outputs_not_probabilities(model, px),
+        _black_box_check(model, px, py, probe_threat, cascade, outcome, generator),
+        checks_.large_eps_breaks_model(model, px, py, probe_threat, curve_attack, generator),
+    ]
+    clean = float(outcome["clean_correct"].float().mean())
+    if radii and radii[0] == 0:
+        found.append(checks_.eps_zero_matches_clean(outcome["curve"][0]["robust_accuracy"], clean, "on all points"))
     else:
-        radius = 100.0 * max(threat.max_eps(), 1e-3)
-    n = min(len(x), batch_size)
-    attack = attack or PGD(steps=20, loss="margin")
-    outcome, _, _ = _attack_all(model, x[:n], y[:n], threat.with_eps(radius), attack, batch_size, seed, 0)
-    acc = float((outcome & clean_correct[:n]).float().mean())
-    return {
-        "name": "large_eps_breaks_model", "passed": acc <= 0.05,
-        "detail": f"robust accuracy at eps={radius:.3g} is {acc:.3f} (an unbounded attack must reach ~0)",
-    }
+        result = curve_attack(model, px, py, probe_threat.with_eps(0.0), generator=generator)
+        at_zero = float((result.robust & outcome["clean_correct"][:n].to(device)).float().mean())
+        found.append(checks_.eps_zero_matches_clean(
+            at_zero, float(outcome["clean_correct"][:n].float().mean()), f"on the first {n} points"))
+    return found
+
+
+def _black_box_check(
+    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, cascade: Cascade, outcome: dict[str, Any],
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    white = [label for label, a in zip(cascade.labels, cascade.attacks, strict=True) if not a.black_box]
+    black = [k for k, a in enumerate(cascade.attacks) if a.black_box]
+    white_names = ", ".join(white) or "no white-box attack"
+    if black and white:
+        first = black[0]
+        broken = int(sum((outcome["broken_by"] == k).sum() for k in black))
+        attacked = outcome["attacks"][first]["attacked"]
+        names = ", ".join(cascade.labels[k] for k in black)
+        return checks_.black_box_not_stronger(broken, attacked, names, white_names)
+    if black:
+        return checks_.check("black_box_not_stronger", None, "the suite has no white-box attack to compare with")
+    # No black-box attack in the suite: run a short Square on the probe points the suite left robust.
+    rows = outcome["worst_case"][: len(x)].nonzero().squeeze(1).to(x.device)
+    if rows.numel() == 0:
+        return checks_.black_box_not_stronger(0, 0, f"square ({CHECK_SQUARE_QUERIES} queries)", white_names)
+    square = Square(queries=CHECK_SQUARE_QUERIES)
+    result = square(model, x[rows], y[rows], threat.subset(rows), generator=generator)
+    return checks_.black_box_not_stronger(
+        int(result.success.sum()) if result.success is not None else 0, int(rows.numel()),
+        f"square ({CHECK_SQUARE_QUERIES} queries, first {len(x)} points)", white_names,
+    )
 
 
 # ----------------------------------------------------------------------------- helpers
+def _radii(threat: ThreatModel, eps_curve: Sequence[float] | None) -> list[float]:
+    if _per_sample(threat):
+        if eps_curve:
+            raise ConfigError("an eps-curve needs a scalar eps; the threat model has a per-sample eps")
+        return []
+    radii = list(eps_curve) if eps_curve is not None else default_eps_curve(float(threat.eps))
+    if any(r < 0 or r != r for r in radii):
+        raise ConfigError(f"every eps of the curve must be >= 0, got {radii}")
+    return sorted(set(float(r) for r in radii))
+
+
+def _per_sample(threat: ThreatModel) -> bool:
+    return isinstance(threat.eps, Tensor) and threat.eps.dim() == 1
+
+
+def _eps_list(threat: ThreatModel) -> float | list[float]:
+    return threat.eps.tolist() if isinstance(threat.eps, Tensor) else float(threat.eps)
+
+
+def _with_precision(attack: Attack, precision: str) -> Attack:
+    return dataclasses.replace(attack, precision=precision) if attack.precision != precision else attack
+
+
+def _generator(device: torch.device, seed: int, batch: int, stream: int) -> torch.Generator:
+    """The generator of one (batch, attack) pair: independent of process, order and resumption."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch) * 10_007 + stream + 1)
+
+
 def _unpack(data: Dataset | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, list[str]]:
     if isinstance(data, Dataset):
         return data.x, data.y, list(data.class_names)
@@ -318,13 +427,4 @@ def _device_of(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _labels(attacks: Sequence[Attack]) -> list[str]:
-    """Unique, readable names: ``pgd``, ``pgd_margin``, ``pgd_2`` ..."""
-    labels: list[str] = []
-    for attack in attacks:
-        base = attack.name if getattr(attack, "loss", "ce") == "ce" else f"{attack.name}_{attack.loss}"
-        label, k = base, 2
-        while label in labels:
-            label, k = f"{base}_{k}", k + 1
-        labels.append(label)
-    return labels
+__all__ = ["Evaluation", "evaluate", "default_curve_attack", "default_eps_curve"]

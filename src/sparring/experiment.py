@@ -27,6 +27,7 @@ from sparring.checkpoint import save_weights
 from sparring.config import RunConfig, load_config
 from sparring.data import Dataset, load_data, long_tail
 from sparring.errors import DataError, RunFolderError
+from sparring.eval_state import barrier, is_main_process
 from sparring.evaluate import Evaluation, evaluate
 from sparring.files import atomic_write_json, atomic_write_text
 from sparring.models import build_model, with_normalization
@@ -36,7 +37,7 @@ from sparring.threat import ThreatModel
 from sparring.train import TrainConfig, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
-RUN_MARKERS = ("config.yaml", "report.json", "metrics.jsonl", "checkpoints")
+RUN_MARKERS = ("config.yaml", "report.json", "metrics.jsonl", "checkpoints", "eval_state")
 Notify = Callable[[str], None]
 
 
@@ -116,8 +117,9 @@ def run_experiment(
         return None
     notify("evaluating")
     evaluation = evaluate(
-        model, test_data, threat, attacks=config.build_attacks(), eps_curve=config.eval.eps_curve,
-        batch_size=config.eval.batch_size, max_samples=config.eval.max_samples, seed=config.seed, notify=notify,
+        model, test_data, threat, suite=config.build_suite(), eps_curve=config.eval.eps_curve,
+        batch_size=config.eval.batch_size, max_samples=config.eval.max_samples, seed=config.seed,
+        precision=config.eval.precision, state_dir=out / "eval_state", notify=notify,
     )
     report = build_report(
         evaluation, run_name=config.name or out.name, objective=objective.describe(),
@@ -184,26 +186,43 @@ def evaluate_model(
     out: Path,
     *,
     model_name: str,
-    attacks: list[Attack] | None = None,
+    suite: str | list[Attack] = "standard",
     eps_curve: list[float] | None = None,
     max_samples: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
+    precision: str = "fp32",
     overwrite: bool = False,
     notify: Notify | None = None,
-) -> dict[str, Any]:
-    """``sparring eval``: evaluate a given model and write a run folder (no training section)."""
-    out = prepare_run_dir(out, overwrite=overwrite)
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any] | None:
+    """``sparring eval``: evaluate a given model and write a run folder (no training section).
+
+    The evaluation state goes to ``out/eval_state`` as batches finish: the same command run again on
+    the same ``out`` continues where it stopped. Under ``torch.distributed`` every rank evaluates its
+    shard and rank 0 writes the folder (other ranks return None).
+    """
+    out = Path(out)
+    resuming = (out / "eval_state" / "manifest.json").is_file() and not overwrite
+    if is_main_process():
+        if resuming:
+            notify and notify(f"resuming the evaluation in {out / 'eval_state'}")
+        else:
+            prepare_run_dir(out, overwrite=overwrite)
+    barrier()
     with torch.no_grad():
-        probe = model(test_data.x[:2])
+        probe = model(test_data.x[:2].to(_device_of(model)))
     if probe.dim() != 2 or probe.shape[1] < test_data.num_classes:
         raise DataError(
             f"the model returns shape {tuple(probe.shape)} but the data has {test_data.num_classes} classes"
         )
     evaluation = evaluate(
-        model, test_data, threat, attacks=attacks, eps_curve=eps_curve, max_samples=max_samples,
-        batch_size=batch_size, seed=seed, notify=notify,
+        model, test_data, threat, suite=suite, eps_curve=eps_curve, max_samples=max_samples,
+        batch_size=batch_size, seed=seed, precision=precision, state_dir=out / "eval_state", notify=notify,
+        progress=progress,
     )
+    if not is_main_process():
+        return None
     report = build_report(
         evaluation, run_name=out.name, objective=None,
         model={"name": model_name, "parameters": _parameters(model)},
@@ -233,6 +252,11 @@ def run_demo(out: Path, *, overwrite: bool = False, progress: bool = True, notif
 def demo_config_path(name: str) -> Path:
     """Path of a config shipped with the package (``sparring/configs/demo_<name>.yaml``)."""
     return Path(str(resources.files("sparring") / "configs" / f"demo_{name}.yaml"))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _parameters(model: nn.Module) -> int:

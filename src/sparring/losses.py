@@ -47,6 +47,23 @@ def dlr(logits: Tensor, y: Tensor) -> Tensor:
     return margin(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
+def dlr_targeted(logits: Tensor, ref: Tensor) -> Tensor:
+    """Targeted DLR (Croce & Hein 2020), to be maximized; needs ≥ 4 classes.
+
+    ``DLR_t(z, y, t) = −(z_y − z_t) / (z_{π1} − (z_{π3} + z_{π4}) / 2 + 1e-12)``, π sorting z descending.
+    ``ref`` is (B, 2) long: ``[label, target]`` per row. Not in :data:`LOSSES`, since it needs the pair;
+    APGD-T passes it as ``loss_fn`` with ``loss_ref=torch.stack([y, t], 1)``.
+    """
+    logits = logits.float()
+    if logits.shape[1] < 4:
+        raise ConfigError(f"the targeted DLR loss needs at least 4 classes, got {logits.shape[1]}")
+    if ref.dim() != 2 or ref.shape[1] != 2:
+        raise ConfigError(f"dlr_targeted needs ref of shape (B, 2) = [label, target], got {tuple(ref.shape)}")
+    pair = logits.gather(1, ref)  # (B, 2): z_y, z_t
+    top = logits.topk(4, dim=1).values
+    return (pair[:, 1] - pair[:, 0]) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 def kl_to_reference(logits: Tensor, ref_probs: Tensor) -> Tensor:
     """``KL(p_ref ‖ softmax(z))`` per example, as in TRADES (``ref_probs`` are clean probabilities)."""
     log_q = F.log_softmax(logits.float(), dim=1)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparring.attacks.apgd import APGD, APGDTargeted
 from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem
 from sparring.attacks.fgsm import FGSM, FGSMRS
 from sparring.attacks.pgd import PGD
+from sparring.attacks.square import Square
 
 
 def available() -> list[str]:
@@ -22,4 +24,7 @@ def build(name: str, **settings: Any) -> Attack:
     return ATTACKS.get(name)(**settings)
 
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "PGD", "Problem", "available", "build"]
+__all__ = [
+    "APGD", "APGDTargeted", "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "PGD", "Problem", "Square",
+    "available", "build",
+]

@@ -10,6 +10,7 @@ serves every ε and norm. ``__call__`` validates the batch, enters the one resto
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sparring.context import frozen_model
-from sparring.errors import DataError
+from sparring.errors import ConfigError, DataError
 from sparring.gradients import Autograd, GradientSource, GradientStep
 from sparring.losses import LossFn, get_loss, targeted
 from sparring.registry import Registry
@@ -101,16 +102,31 @@ class Attack(ABC):
             the caller's model is restored either way.
         score: evaluate the returned input with one more forward pass (``success``, ``loss``,
             ``logits``). Training objectives that only need ``x_adv`` turn it off and save that pass.
+        precision: ``"fp32"`` or ``"bf16"``: run the model's forward passes under bfloat16 autocast
+            (inputs, perturbations and losses stay float32). Evaluation re-checks bf16 successes in fp32.
+
+    Class attributes: ``name`` (the registry name) and ``black_box`` (the attack only queries outputs,
+    never gradients; the evaluation's check compares such attacks with the white-box ones).
     """
 
     name: ClassVar[str]
+    black_box: ClassVar[bool] = False
     loss: str = "ce"
     gradients: GradientSource = field(default_factory=Autograd)
     train_mode: bool = False
     score: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         get_loss(self.loss)  # an unknown loss name fails when the attack is built, not mid-training
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    @property
+    def label(self) -> str:
+        """A readable name for reports: the registry name, plus the loss when it is not the default."""
+        default = type(self).__dataclass_fields__["loss"].default
+        return self.name if self.loss == default else f"{self.name}_{self.loss}"
 
     def __call__(
         self,
@@ -144,7 +160,7 @@ class Attack(ABC):
             loss_ref = y if target is None else target
         problem = Problem(x=x.detach(), y=y, threat=threat, loss_fn=loss_fn, loss_ref=loss_ref, target=target)
         start = time.perf_counter()
-        with frozen_model(model, train_mode=self.train_mode):
+        with frozen_model(model, train_mode=self.train_mode), autocast(self.precision, x.device):
             result = self._run(model, problem, generator)
         result.time_s = time.perf_counter() - start
         return result
@@ -157,6 +173,16 @@ class Attack(ABC):
         """The attack's settings as plain data (for reports)."""
         settings = {k: v for k, v in vars(self).items() if isinstance(v, int | float | str | bool | None)}
         return {"name": self.name, **settings}
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """bfloat16 autocast for ``"bf16"`` (CPU and CUDA), nothing for ``"fp32"``."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def success_of(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:

@@ -1,0 +1,106 @@
+"""Checks that say loudly when a robustness number cannot be trusted (gradient masking and misuse).
+
+Every evaluation runs all of them. A check is ``{"name", "passed", "detail"}``: ``passed`` is True,
+False (the number stays as measured, and the report marks it untrustworthy with this reason) or None
+(could not be run, with the reason). Ideas from Athalye et al. 2018 ("Obfuscated gradients give a false
+sense of security") and AutoAttack's ``checks.py``; our own code.
+
+* ``gradients_finite_nonzero``: input gradients of the CE loss are finite and not all zero.
+* ``deterministic_model``: two forward passes agree (a randomized model needs EOT attacks).
+* ``outputs_not_probabilities``: the model returns logits, not softmax outputs fed to a CE loss.
+* ``black_box_not_stronger``: no point falls to a black-box attack after every white-box attack failed.
+* ``large_eps_breaks_model``: with a budget covering the whole input box an attack must reach ~0.
+* ``eps_zero_matches_clean``: robust accuracy at ε = 0 equals clean accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sparring.attacks import Attack
+from sparring.context import frozen_model
+from sparring.losses import cross_entropy
+from sparring.threat import ThreatModel
+
+log = logging.getLogger(__name__)
+Check = dict[str, Any]
+
+ZERO_GRADIENT_LIMIT = 0.5  # more than half of the probe points with an all-zero gradient fails
+LARGE_EPS_LIMIT = 0.05  # robust accuracy an unbounded attack may leave
+
+
+def check(name: str, passed: bool | None, detail: str) -> Check:
+    return {"name": name, "passed": passed, "detail": detail}
+
+
+def gradients_finite_nonzero(model: nn.Module, x: Tensor, y: Tensor) -> Check:
+    with frozen_model(model):
+        xg = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(cross_entropy(model(xg), y).sum(), xg)
+    finite = bool(torch.isfinite(grad).all())
+    zero = float((grad.flatten(1).abs().amax(1) == 0).float().mean())
+    detail = f"input gradients finite: {finite}; fraction of points with an all-zero gradient: {zero:.2f}"
+    if zero > ZERO_GRADIENT_LIMIT:
+        detail += " (masked gradients: a non-differentiable or saturating layer; white-box numbers are upper bounds)"
+    return check("gradients_finite_nonzero", finite and zero <= ZERO_GRADIENT_LIMIT, detail)
+
+
+def deterministic_model(model: nn.Module, x: Tensor) -> Check:
+    with frozen_model(model), torch.no_grad():
+        a, b = model(x), model(x)
+    diff = float((a - b).abs().max()) if a.numel() else 0.0
+    detail = f"max difference between two forward passes on the same batch: {diff:.3g}"
+    return check("deterministic_model", diff <= 1e-5, detail + ("" if diff <= 1e-5 else " (randomized model: use EOT)"))
+
+
+def outputs_not_probabilities(model: nn.Module, x: Tensor) -> Check:
+    with frozen_model(model), torch.no_grad():
+        out = model(x).float()
+    ones = torch.ones(len(out), device=out.device)
+    probs = bool((out >= 0).all() and (out <= 1).all() and torch.allclose(out.sum(1), ones, atol=1e-3))
+    detail = ("model outputs look like softmax probabilities: a CE loss on them masks gradients; return logits"
+              if probs else "model returns logits")
+    return check("outputs_not_probabilities", not probs, detail)
+
+
+def black_box_not_stronger(broken_by_black_box: int, attacked: int, black_box: str, white_box: str) -> Check:
+    """``broken_by_black_box`` points fell to the black-box attack(s) after the white-box ones failed."""
+    if attacked == 0:
+        return check("black_box_not_stronger", True, f"no point survived {white_box}; {black_box} had nothing to do")
+    detail = (f"{black_box} broke {broken_by_black_box} of {attacked} points that survived {white_box}")
+    if broken_by_black_box:
+        detail += " (white-box gradients are misleading: gradient masking or a too weak white-box attack)"
+    return check("black_box_not_stronger", broken_by_black_box == 0, detail)
+
+
+def large_eps_breaks_model(
+    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, attack: Attack, generator: torch.Generator
+) -> Check:
+    """An attack whose budget covers the whole box (or 100 ε without a box) must break ~every point."""
+    if threat.bounds is not None:
+        span = threat.bounds[1] - threat.bounds[0]
+        radius = span if threat.norm == "linf" else span * x[0].numel() ** 0.5
+    else:
+        radius = 100.0 * max(threat.max_eps(), 1e-3)
+    with frozen_model(model), torch.no_grad():
+        correct = model(x).argmax(1) == y
+    result = attack(model, x, y, threat.with_eps(radius), generator=generator)
+    acc = float((result.robust & correct).float().mean())
+    detail = f"robust accuracy at eps={radius:.3g} is {acc:.3f} on {len(x)} points (an unbounded attack must reach ~0)"
+    return check("large_eps_breaks_model", acc <= LARGE_EPS_LIMIT, detail)
+
+
+def eps_zero_matches_clean(at_zero: float, clean: float, where: str) -> Check:
+    detail = f"robust accuracy at eps=0 ({at_zero:.4f}) vs clean accuracy ({clean:.4f}) {where}"
+    return check("eps_zero_matches_clean", abs(at_zero - clean) < 1e-9, detail)
+
+
+def log_failures(checks: list[Check]) -> None:
+    for item in checks:
+        if item["passed"] is False:
+            log.warning("check %s failed: %s", item["name"], item["detail"])
