@@ -78,7 +78,9 @@ def seeded(seed: int = 0) -> torch.Generator:
 
 
 # Smaller budgets for slow attacks: the invariants do not depend on them, and the defaults would take seconds.
-QUICK_SETTINGS: dict[str, dict[str, object]] = {"square": {"queries": 100}}
+QUICK_SETTINGS: dict[str, dict[str, object]] = {
+    "square": {"queries": 100}, "apgd": {"steps": 10}, "apgd_t": {"steps": 10, "targets": 2},
+}
 
 
 def build_attack(name: str, **settings: object) -> attacks.Attack:

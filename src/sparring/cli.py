@@ -108,6 +108,9 @@ def eval_(
         str | None, typer.Option("--eps-curve", help="Comma-separated radii of the eps-curve (default 0..2 eps).")
     ] = None,
     precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 (autocast attacks).")] = "fp32",
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: this process's GPU if any).")
+    ] = None,
     max_samples: Annotated[int | None, typer.Option("--max-samples", min=1)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     no_bounds: Annotated[bool, typer.Option("--no-bounds", help="No [0, 1] box (feature spaces).")] = False,
@@ -141,6 +144,7 @@ def eval_(
     net = load_factory(model)()
     if checkpoint is not None:
         load_weights(net, checkpoint)
+    net.to(_device(device))
     _, test = load_data(data, root=data_root, seed=seed)
     cascade = [build(name.strip()) for name in attacks.split(",")] if attacks else suite
     folder = out or Path("runs") / f"eval-{Path(data).stem}-{norm}-{eps:g}"
@@ -153,6 +157,25 @@ def eval_(
         )
     if report is not None:
         _show(report, folder)
+
+
+def _device(name: str | None) -> Any:
+    import os
+
+    import torch
+
+    from sparring.errors import ConfigError
+
+    if name is None:
+        cuda = torch.cuda.is_available()
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device must name a torch device such as cpu or cuda:0, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
+    return device
 
 
 def _floats(text: str, option: str) -> list[float]:

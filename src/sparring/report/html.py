@@ -215,9 +215,12 @@ def _attacks(report: Mapping[str, Any]) -> list[dict[str, str]]:
         settings = attack.get("settings")
         text = ", ".join(f"{k}={v}" for k, v in settings.items()) if isinstance(settings, dict) else str(settings or "")
         queries = attack.get("queries")
+        attacked, broken = attack.get("attacked"), attack.get("broken")
         rows.append(
             {
-                "name": str(attack.get("name", "?")),
+                "name": str(attack.get("name", "?")) + (" (black-box)" if attack.get("black_box") else ""),
+                "attacked": f"{attacked:,}" if is_number(attacked) else "—",
+                "broken": f"{broken:,}" if is_number(broken) else "—",
                 "settings": text,
                 "robust": format_accuracy(attack.get("robust_accuracy")),
                 "time": format_seconds(attack.get("time_s")),
@@ -291,6 +294,7 @@ def render_report(
         "headline": _headline(report),
         "checks": _checks(report),
         "attacks": _attacks(report),
+        "suite": report.get("suite"),
         "per_class": _per_class(report),
         "training": _training(report),
         "objective_config": json.dumps(report.get("objective_config"), indent=2, ensure_ascii=False)
