@@ -218,8 +218,8 @@ def run_torchattacks_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: flo
     fooled = predict(model, torch.nan_to_num(x_adv)) != y
     ok = valid_adversarial(x_adv, x, eps)
     return {
-        "robust_accuracy": 1 - (fooled & ok).sum().item() / len(y),
-        "robust_accuracy_as_returned": 1 - fooled.sum().item() / len(y),  # counting out-of-budget / NaN outputs
+        "robust_accuracy": (len(y) - (fooled & ok).sum().item()) / len(y),
+        "robust_accuracy_as_returned": (len(y) - fooled.sum().item()) / len(y),  # counting out-of-budget / NaN outputs
         "invalid_outputs_counted_as_broken": int((fooled & ~ok).sum()), "time_s": seconds,
     }
 
@@ -246,7 +246,7 @@ def run_art_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed:
     x_adv_t = torch.from_numpy(x_adv)
     fooled = predict(model, torch.nan_to_num(x_adv_t)) != y
     ok = valid_adversarial(x_adv_t, x, eps)
-    return {"robust_accuracy": 1 - (fooled & ok).sum().item() / len(y),
+    return {"robust_accuracy": (len(y) - (fooled & ok).sum().item()) / len(y),
             "invalid_outputs_counted_as_broken": int((fooled & ~ok).sum()), "time_s": seconds}
 
 

@@ -107,6 +107,11 @@ class APGD(Attack):
         super().__post_init__()
         _validate(self)
 
+    @property
+    def label(self) -> str:
+        """``apgd_ce``, ``apgd_dlr``, ...: AutoAttack's names."""
+        return f"apgd_{self.loss}"
+
     def _run(self, model: nn.Module, problem: Problem, generator: torch.Generator | None) -> AttackResult:
         best = _restarts(self, model, problem, generator, None)
         return best.result(queries=(self.steps + 1) * self.restarts)
@@ -145,6 +150,10 @@ class APGDTargeted(Attack):
             raise ConfigError(f"apgd_t maximizes the targeted DLR loss: loss must be 'dlr', got {self.loss!r}")
         if self.targets < 1:
             raise ConfigError(f"targets must be >= 1, got {self.targets}")
+
+    @property
+    def label(self) -> str:
+        return "apgd_t"
 
     def _run(self, model: nn.Module, problem: Problem, generator: torch.Generator | None) -> AttackResult:
         if problem.target is not None:
