@@ -44,6 +44,7 @@ Run: ``python benchmarks/eval_vs_reference.py`` (``--models standard pgd_at mask
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -251,13 +252,23 @@ def run_art_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed:
 
 
 # -------------------------------------------------------------------------------------------- sparring
-def run_sparring(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> dict[str, Any]:
-    """``evaluate(..., suite="standard")``; ``{"available": False, ...}`` while the API lacks ``suite=``."""
+def run_sparring(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int, *, autoattack_square: bool = False
+) -> dict[str, Any]:
+    """``evaluate(..., suite="standard")``; ``{"available": False, ...}`` while the API lacks ``suite=``.
+
+    ``autoattack_square``: the same suite with Square's ``autoattack_compat`` draws (one window and sign
+    shared by the batch, never the last position), to show where a gap to the reference comes from."""
+    from sparring.attacks.cascade import Cascade, suite
     from sparring.evaluate import evaluate
 
+    cascade = suite("standard")
+    if autoattack_square:
+        attacks = (*cascade.attacks[:-1], dataclasses.replace(cascade.attacks[-1], autoattack_compat=True))
+        cascade = Cascade(attacks=attacks, labels=cascade.labels, name="standard+autoattack_square_draws")
     t0 = time.perf_counter()
     try:
-        ev = evaluate(model, (x, y), LinfBall(eps=eps), suite="standard", eps_curve=[], seed=seed, batch_size=512)
+        ev = evaluate(model, (x, y), LinfBall(eps=eps), suite=cascade, eps_curve=[], seed=seed, batch_size=512)
     except TypeError as exc:
         if "suite" not in str(exc):
             raise
@@ -268,6 +279,8 @@ def run_sparring(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) 
         "available": True, "robust_accuracy": float(ev.robust_accuracy), "clean_accuracy": float(ev.clean_accuracy),
         "suite_time_s": float(ev.suite_time_s), "eval_total_s": total, "trustworthy": bool(ev.trustworthy),
         "checks": checks, "failed_checks": [c["name"] for c in checks if c.get("passed") is False],
+        "stages": [{"attack": a["name"], "attacked": a["attacked"], "broken": a["broken"],
+                    "robust_accuracy_after": a["robust_accuracy"], "time_s": a["time_s"]} for a in ev.attacks],
     }
 
 
@@ -289,11 +302,15 @@ def measure_model(name: str, model: nn.Module, x: Tensor, y: Tensor, args: argpa
         rounds.append(record)
     log(f"[{name}] torchattacks AutoAttack (as shipped)")
     ta = run_torchattacks_autoattack(model, x, y, eps, seed)
+    compat = None
+    if name == "masked":
+        log(f"[{name}] sparring with AutoAttack's Square draws (diagnostic)")
+        compat = run_sparring(model, x, y, eps, seed, autoattack_square=True)
     art = None
     if not args.skip_art:
         log(f"[{name}] ART AutoAttack")
         art = run_art_autoattack(model, x, y, eps, seed)
-    return {"rounds": rounds, "torchattacks_autoattack": ta, "art_autoattack": art}
+    return {"rounds": rounds, "torchattacks_autoattack": ta, "art_autoattack": art, "sparring_aa_square": compat}
 
 
 def model_summary(name: str, clean: float, m: dict[str, Any]) -> dict[str, Any]:
@@ -333,6 +350,11 @@ def model_summary(name: str, clean: float, m: dict[str, Any]) -> dict[str, Any]:
         "sparring_deterministic": len({s["robust_accuracy"] for s in sps}) == 1,
         "sparring_trustworthy": sps[0]["trustworthy"],
         "sparring_failed_checks": sps[0]["failed_checks"],
+        "sparring_stage_robust_accuracy": {st["attack"]: st["robust_accuracy_after"] for st in sps[0]["stages"]},
+        "sparring_stage_time_s": {
+            st["attack"]: statistics.median(sp["stages"][i]["time_s"] for sp in sps)
+            for i, st in enumerate(sps[0]["stages"])
+        },
         "sparring_minus_reference": round(sp_acc - ref_acc, 6),  # float32 means: drop the rounding noise
         # median over rounds of the per-round ratio (both sides ran back to back in each round)
         "time_ratio_sparring_vs_reference": statistics.median(
@@ -343,6 +365,11 @@ def model_summary(name: str, clean: float, m: dict[str, Any]) -> dict[str, Any]:
     if name == "masked":
         out["masked_flagged_by"] = sps[0]["failed_checks"]
         out["masked_abs_diff_vs_reference"] = round(abs(sp_acc - ref_acc), 6)
+        compat = m.get("sparring_aa_square")
+        if compat and compat.get("available"):
+            out["sparring_with_autoattack_square_draws_robust_accuracy"] = compat["robust_accuracy"]
+            out["masked_abs_diff_vs_reference_with_autoattack_square_draws"] = round(
+                abs(compat["robust_accuracy"] - ref_acc), 6)
     return out
 
 
@@ -393,6 +420,12 @@ def print_table(summary: dict[str, dict[str, Any]], acc: dict[str, Any]) -> None
                     f"trustworthy {s['sparring_trustworthy']}, failed checks {s['sparring_failed_checks']}")
             print(f"{'':<10}{'sparring standard suite':<26}{fmt(s['sparring_robust_accuracy']):>12}"
                   f"{fmt(s['sparring_suite_time_s'], '.1f'):>10}  {note}")
+            times = ", ".join(f"{k} {v:.1f} s" for k, v in s["sparring_stage_time_s"].items())
+            print(f"{'':<10}{'':<26}{'':>12}{'':>10}  stage times: {times}")
+            if "sparring_with_autoattack_square_draws_robust_accuracy" in s:
+                print(f"{'':<10}{'sparring, AA Square draws':<26}"
+                      f"{fmt(s['sparring_with_autoattack_square_draws_robust_accuracy']):>12}{'':>10}  diagnostic: "
+                      "Square with one window/sign per batch, never the last position (AutoAttack's port)")
         else:
             print(f"{'':<10}{'sparring standard suite':<26}{'-':>12}{'-':>10}  sparring suite not available yet")
         print(f"{'':<10}{'torchattacks AutoAttack':<26}{fmt(s['torchattacks_autoattack_robust_accuracy']):>12}"

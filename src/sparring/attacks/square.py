@@ -40,11 +40,13 @@ Implementation notes:
   become their 1-D analogues (a bump and its negative side by side). For tabular data the order of the
   features is arbitrary, so this is plain random search on coordinate blocks.
 * ``queries`` is the budget per restart, the initial point included (the paper's N); the result's
-  ``queries`` is the number of forward passes of the most-queried sample, at most ``restarts · queries``
-  (the returned ``loss``/``logits`` are those of the queried best point: no extra scoring pass).
+  ``queries`` is the number of search iterations of the most-searched sample, at most
+  ``restarts · queries`` (the returned ``loss``/``logits`` are those of the queried best point: no extra
+  scoring pass).
 * Not in the paper: its released code redraws an L∞ update that would not change the current point; this
-  one does not (like AutoAttack's port), so with one channel about half of the late 1-pixel updates are
-  wasted queries.
+  one does not (like AutoAttack's port), but it does not send such a no-op candidate to the model either:
+  its loss is the current one, so the outcome is the same with fewer forward passes (with one channel
+  about half of the late 1-pixel updates are no-ops).
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ class Square(Attack):
         p_init: initial fraction of pixels a window covers; halves along the paper's schedule.
         restarts: number of runs; later ones attack only the samples still robust.
         loss: the per-example loss to maximize (paper: ``"margin"``).
+        autoattack_compat: reproduce AutoAttack's port (also torchattacks'): at each iteration one window
+            position and one sign per channel shared by the whole batch, and window corners drawn from
+            ``[0, H − s)`` (the authors' code never picks the last position). Off by default (the paper:
+            independent draws per sample over every position); it exists to compare with that code.
     """
 
     name = "square"
@@ -83,6 +89,7 @@ class Square(Attack):
     queries: int = 5000
     p_init: float = 0.8
     restarts: int = 1
+    autoattack_compat: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -114,6 +121,8 @@ class Square(Attack):
         # One 32-bit seed per sample; everything random afterwards is hashed from it (batch independence).
         seed_device = generator.device if generator is not None else device
         seeds = torch.randint(0, 2**32, (x.shape[0],), generator=generator, device=seed_device).to(device)
+        if self.autoattack_compat:  # every sample draws the same windows and signs
+            seeds = seeds[:1].expand(x.shape[0]).contiguous()
         searchable = eps.flatten() > 0  # a sample with ε = 0 is scored at x and never searched
         used = torch.zeros(x.shape[0], dtype=torch.long, device=device)  # forward passes per sample
         best: _State | None = None
@@ -166,12 +175,18 @@ class Square(Attack):
                 slots = torch.arange(active.pos.numel(), device=x4.device)  # each active sample's row of the table
             draws = _Draws(table[slots, iteration % _CHUNK])
             candidate = propose(problem, grid, active.x, current.x, active.eps, self.p_at(iteration), draws)
-            scored = self._score(model, problem, active, candidate)
-            # Greedy: keep the candidate if it succeeds or improves the loss (these samples have not succeeded).
-            current.keep_better(scored, scored.success | (scored.loss > current.loss))
             steps_run = iteration + 1
-            done = scored.success
-            if done.any():  # the one host sync of the iteration
+            # An L∞ window that is already at the drawn vertex leaves the point unchanged: its loss is known,
+            # so only the changed candidates are queried (late 1-pixel windows are ~half no-ops on 1 channel).
+            moved = (candidate != current.x).flatten(1).any(1).nonzero().squeeze(1)  # the iteration's host sync
+            if moved.numel() == 0:
+                continue
+            scored = self._score(model, problem, active.take(moved), candidate[moved])
+            # Greedy: keep the candidate if it succeeds or improves the loss (these samples have not succeeded).
+            current.put_where(scored, moved, scored.success | (scored.loss > current.loss[moved]))
+            done = torch.zeros_like(active.pos, dtype=torch.bool)
+            done[moved] = scored.success
+            if bool(scored.success.any()):
                 run.put(current.take(done), active.pos[done])
                 used[rows[active.pos[done]]] += steps_run
                 active, current, slots = active.take(~done), current.take(~done), slots[~done]
@@ -187,6 +202,10 @@ class Square(Attack):
             success=success_of(logits, batch.y, batch.target),
         )
 
+    def _positions(self, size: int, side: int) -> int:
+        """How many corners a window of ``side`` can take along an axis of ``size``."""
+        return max(size - side, 1) if self.autoattack_compat else size - side + 1
+
     # ------------------------------------------------------------------------------------------------ L∞
     def _linf_init(self, problem: Problem, grid: _Grid, x: Tensor, eps: Tensor, draws: _Draws) -> Tensor:
         """Vertical stripes: every column of every channel at ``x ± ε`` (x: (b, C, H, W))."""
@@ -200,7 +219,7 @@ class Square(Attack):
         """Set a random window of side s to ``x ± ε`` (one sign per sample and channel)."""
         b, c = x.shape[:2]
         sh, sw = grid.window(p, l2=False)
-        top, left = draws.ints(0, grid.height - sh + 1), draws.ints(1, grid.width - sw + 1)
+        top, left = draws.ints(0, self._positions(grid.height, sh)), draws.ints(1, self._positions(grid.width, sw))
         mask = grid.mask(top, left, sh, sw)  # (b, 1, H, W)
         signs = draws.signs(2, c).view(b, c, 1, 1).to(x.dtype)
         return torch.where(mask, problem.threat.clip_box(x + eps * signs), x_cur)
@@ -227,8 +246,9 @@ class Square(Attack):
         """Move the mass of window 2 and the unused budget into window 1, refilled with a new bump."""
         b, c = x.shape[:2]
         sh, sw = grid.window(p, l2=True)
-        top1, left1 = draws.ints(0, grid.height - sh + 1), draws.ints(1, grid.width - sw + 1)
-        top2, left2 = draws.ints(2, grid.height - sh + 1), draws.ints(3, grid.width - sw + 1)
+        rows, cols = self._positions(grid.height, sh), self._positions(grid.width, sw)
+        top1, left1 = draws.ints(0, rows), draws.ints(1, cols)
+        top2, left2 = draws.ints(2, rows), draws.ints(3, cols)
         flip = draws.bits(4, 1).squeeze(1)
         signs = draws.signs(5, c).view(b, c, 1, 1).to(x.dtype)
         win1, win2 = grid.mask(top1, left1, sh, sw), grid.mask(top2, left2, sh, sw)  # (b, 1, H, W)
@@ -369,6 +389,10 @@ class _State:
         self.x[index], self.loss[index], self.logits[index], self.success[index] = (
             other.x, other.loss, other.logits, other.success,
         )
+
+    def put_where(self, other: _State, index: Tensor, better: Tensor) -> None:
+        """Take ``other`` (computed on the samples ``index``) where ``better`` holds."""
+        self.put(other.take(better), index[better])
 
     def keep_better(self, other: _State, better: Tensor) -> None:
         """Take ``other`` where ``better`` (b,) holds."""
