@@ -252,7 +252,7 @@ def test_summary_table_renders() -> None:
     text = console.export_text(clear=False)
     for expected in (
         "97.0%",
-        "robust: fgsm",
+        "robust after fgsm",
         "61.0%",
         "robust: worst case",
         "49.0%",

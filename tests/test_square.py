@@ -216,3 +216,16 @@ def test_unsupported_norm_is_refused(cnn, points) -> None:
     x, y = points
     with pytest.raises(ThreatModelError, match="linf"):
         Square(queries=5)(cnn, x, y, _L1Ball(eps=0.1))
+
+
+def test_autoattack_compat_shares_the_draws_across_the_batch(single_thread) -> None:
+    """AutoAttack's port draws one window and sign per iteration for the whole batch; the paper per sample."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x = torch.rand(1, 1, 8, 8).repeat(6, 1, 1, 1)  # six copies of one image
+    y = model(x).argmax(1)  # correctly classified, so every copy is searched
+    threat = LinfBall(eps=0.05)
+    shared = Square(queries=30, autoattack_compat=True)(model, x, y, threat, generator=torch.Generator().manual_seed(0))
+    independent = Square(queries=30)(model, x, y, threat, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(shared.x_adv[0], row) for row in shared.x_adv)
+    assert not all(torch.equal(independent.x_adv[0], row) for row in independent.x_adv)

@@ -76,6 +76,7 @@ class Evaluation:
     examples: dict[str, Tensor] = field(default_factory=dict)
     time_s: float = 0.0
     suite_time_s: float = 0.0
+    curve_time_s: float = 0.0
 
     @property
     def clean_accuracy(self) -> float:
@@ -122,7 +123,7 @@ class Evaluation:
             "attacks": self.attacks,
             "checks": self.checks,
             "trustworthy": self.trustworthy,
-            "timing": {"eval_s": self.time_s, "suite_s": self.suite_time_s},
+            "timing": {"eval_s": self.time_s, "suite_s": self.suite_time_s, "eps_curve_s": self.curve_time_s},
         }
 
 
@@ -222,6 +223,7 @@ def evaluate(
         attacks=outcome["attacks"], eps_curve=outcome["curve"], checks=check_list, class_names=class_names,
         examples=_examples(model, x, y, records, n_examples, device),
         time_s=time.perf_counter() - started, suite_time_s=sum(row["time_s"] for row in outcome["attacks"]),
+        curve_time_s=sum(r["curve_time_s"] for r in records),
     )
 
 
@@ -240,8 +242,10 @@ def _evaluate_batch(
     )
     broken_by = torch.where(clean_correct, result.broken_by, torch.full_like(result.broken_by, WRONG))
     robust = broken_by == NOT_BROKEN
+    started = time.perf_counter()
     curve_broken_at = _curve_batch(model, x, y, threat, radii, clean_correct, robust, curve_attack, seed, batch,
                                    verify)
+    curve_time = time.perf_counter() - started
     keep = max(0, min(n_examples - first, len(x)))
     return {
         "batch": batch,
@@ -249,6 +253,7 @@ def _evaluate_batch(
         "broken_by": broken_by.tolist(),
         "curve_broken_at": curve_broken_at.tolist(),
         "time_s": result.time_s,
+        "curve_time_s": curve_time,
         "queries": result.queries,
         "attacked": result.attacked,
         "adv": result.x_adv[:keep].float().cpu().tolist(),
@@ -377,12 +382,13 @@ def _black_box_check(
     # No black-box attack in the suite: run a short Square on the probe points the suite left robust.
     rows = outcome["worst_case"][: len(x)].nonzero().squeeze(1).to(x.device)
     if rows.numel() == 0:
-        return checks_.black_box_not_stronger(0, 0, f"square ({CHECK_SQUARE_QUERIES} queries)", white_names)
+        return checks_.black_box_not_stronger(0, 0, f"square ({CHECK_SQUARE_QUERIES} queries)", white_names,
+                                              counted=False)
     square = Square(queries=CHECK_SQUARE_QUERIES)
     result = square(model, x[rows], y[rows], threat.subset(rows), generator=generator)
     return checks_.black_box_not_stronger(
         int(result.success.sum()) if result.success is not None else 0, int(rows.numel()),
-        f"square ({CHECK_SQUARE_QUERIES} queries, first {len(x)} points)", white_names,
+        f"square ({CHECK_SQUARE_QUERIES} queries, first {len(x)} points)", white_names, counted=False,
     )
 
 

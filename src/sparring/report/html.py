@@ -149,7 +149,7 @@ def _trust(report: Mapping[str, Any]) -> dict[str, Any]:
 def _headline(report: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = [{"label": "clean", "value": format_accuracy(report.get("clean_accuracy")), "kind": "clean"}]
     rows += [
-        {"label": f"robust: {name}", "value": format_accuracy(acc), "kind": "attack"}
+        {"label": f"robust after {name}", "value": format_accuracy(acc), "kind": "attack"}
         for name, acc in attack_accuracies(report).items()
     ]
     rows.append(

@@ -35,7 +35,7 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     table.add_column("note", overflow="fold")
     table.add_row("clean", format_accuracy(report.get("clean_accuracy")), "")
     for attack, acc in attack_accuracies(report).items():
-        table.add_row(escape(f"robust: {attack}"), format_accuracy(acc), "")
+        table.add_row(escape(f"robust after {attack}"), format_accuracy(acc), "[dim]cascade[/]")
     table.add_row(
         "[bold]robust: worst case[/]", f"[bold]{format_accuracy(worst_case(report))}[/]", "[dim]per sample[/]"
     )
