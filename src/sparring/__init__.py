@@ -8,7 +8,18 @@ trainer, and evaluation → report. See DESIGN.md in the repository for the arch
 
 __version__ = "0.1.0"
 
-from sparring.attacks import FGSM, FGSMRS, PGD, Attack, AttackResult  # noqa: E402
+from sparring.attacks import (  # noqa: E402
+    APGD,
+    FGSM,
+    FGSMRS,
+    PGD,
+    APGDTargeted,
+    Attack,
+    AttackResult,
+    Cascade,
+    Square,
+    suite,
+)
 from sparring.data import Dataset, load_data, long_tail  # noqa: E402
 from sparring.errors import ConfigError, DataError, SparringError, ThreatModelError  # noqa: E402
 from sparring.evaluate import Evaluation, evaluate  # noqa: E402
@@ -18,8 +29,8 @@ from sparring.threat import L2Ball, LinfBall, ThreatModel  # noqa: E402
 from sparring.train import TrainConfig, Trainer  # noqa: E402
 
 __all__ = [
-    "FGSM", "FGSMRS", "PGD", "Attack", "AttackResult", "Dataset", "load_data", "long_tail", "ConfigError",
-    "DataError", "SparringError", "ThreatModelError", "Evaluation", "evaluate", "build_model", "with_normalization",
-    "PGDAT", "TRADES", "FastAT", "Objective", "Standard", "L2Ball", "LinfBall", "ThreatModel", "Trainer",
-    "TrainConfig", "__version__",
+    "APGD", "APGDTargeted", "Square", "Cascade", "suite", "FGSM", "FGSMRS", "PGD", "Attack", "AttackResult",
+    "Dataset", "load_data", "long_tail", "ConfigError", "DataError", "SparringError", "ThreatModelError",
+    "Evaluation", "evaluate", "build_model", "with_normalization", "PGDAT", "TRADES", "FastAT", "Objective",
+    "Standard", "L2Ball", "LinfBall", "ThreatModel", "Trainer", "TrainConfig", "__version__",
 ]

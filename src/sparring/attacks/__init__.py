@@ -1,6 +1,7 @@
 """Attacks: each takes ``(model, x, y, threat)`` and returns an :class:`AttackResult`.
 
-``available()`` lists the registered names; ``build(name, **settings)`` makes one from a name.
+``available()`` lists the registered names; ``build(name, **settings)`` makes one from a name;
+``suite(name)`` gives a named evaluation cascade (``fast``, ``standard``, ``plus``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any
 
 from sparring.attacks.apgd import APGD, APGDTargeted
 from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem
+from sparring.attacks.cascade import SUITES, Cascade, suite
 from sparring.attacks.fgsm import FGSM, FGSMRS
 from sparring.attacks.pgd import PGD
 from sparring.attacks.square import Square
@@ -26,5 +28,5 @@ def build(name: str, **settings: Any) -> Attack:
 
 __all__ = [
     "APGD", "APGDTargeted", "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "PGD", "Problem", "Square",
-    "available", "build",
+    "SUITES", "Cascade", "suite", "available", "build",
 ]
