@@ -208,3 +208,12 @@ def test_bf16_attack_runs_under_autocast(setup) -> None:
     finally:
         handle.remove()
     assert seen and all(dtype == torch.bfloat16 for dtype in seen)
+
+
+def test_plus_suite_runs_and_is_at_least_as_strong_as_fast(setup) -> None:
+    model, data = setup
+    small = data.subset(torch.arange(24))
+    plus = evaluate(model, small, LinfBall(eps=0.1), suite="plus", eps_curve=[])
+    fast = evaluate(model, small, LinfBall(eps=0.1), suite="fast", eps_curve=[])
+    assert [row["name"] for row in plus.attacks] == ["apgd_ce", "apgd_dlr", "apgd_t", "square"]
+    assert plus.robust_accuracy <= fast.robust_accuracy
