@@ -47,7 +47,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -57,16 +56,11 @@ import torch
 
 # torchattacks 3.5 imports without torchvision; install it with `pip install --no-deps torchattacks`.
 import torchattacks
-from _common import environment
-from safetensors import safe_open
+from _common import environment, log, train_demo_model
 from torch import Tensor, nn
 
-from sparring import LinfBall, Trainer
-from sparring.checkpoint import load_weights, save_weights
-from sparring.config import load_config
+from sparring import LinfBall
 from sparring.data import load_data
-from sparring.experiment import demo_config_path
-from sparring.models import build_model
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -82,10 +76,6 @@ MAX_TIME_RATIO = 0.5  # sparring's suite time over the reference's, on the PGD-A
 MAX_MASKED_DIFF = 0.02  # |sparring - reference| on the masked model
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------------------------- models
 class BitDepthReduction(nn.Module):
     """``model(round(levels · x) / levels)``: a non-differentiable input quantisation (zero input gradient)."""
@@ -96,46 +86,6 @@ class BitDepthReduction(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(torch.round(x * self.levels) / self.levels)
-
-
-def train_demo_model(kind: str, train: Any, test: Any, eps: float, retrain: bool) -> tuple[nn.Module, dict]:
-    """The demo's ``kind`` (``standard`` / ``pgd_at``) small CNN, trained as ``sparring demo`` trains it, or
-    loaded from the cache when it was trained with the same settings."""
-    config = load_config(demo_config_path(kind))
-    objective = config.build_objective()
-    train_cfg = config.build_train()
-    train_cfg.progress = False
-    settings = {
-        "model": config.model.name, "objective": objective.describe(), "seed": config.seed,
-        "train": {k: v for k, v in vars(train_cfg).items() if k != "progress"},
-        "data": {"source": "digits", "n_train": len(train.y), "n_test": len(test.y)},
-    }
-    key = json.dumps(settings, sort_keys=True, default=str)
-    path = CACHE / f"digits_small_cnn_{kind}.safetensors"
-    torch.manual_seed(config.seed)  # weight initialisation is part of the run's seed, as in the demo
-    model = build_model(config.model.name, input_shape=train.input_shape, num_classes=train.num_classes)
-    if path.is_file() and not retrain:
-        with safe_open(str(path), "pt") as f:
-            cached = (f.metadata() or {}).get("settings")
-        if cached == key:
-            load_weights(model, path)
-            model.eval()
-            log(f"[{kind}] loaded cached weights {path.relative_to(HERE.parent)}")
-            return model, {"cached": True, "path": str(path.relative_to(HERE.parent)), **settings}
-        log(f"[{kind}] cached weights were trained with other settings; retraining")
-    log(f"[{kind}] training ({train_cfg.epochs} epochs, objective {objective.name})")
-    trainer = Trainer(
-        model=model, objective=objective, train=(train.x, train.y), val=(test.x, test.y), config=train_cfg,
-        val_threat=LinfBall(eps=eps),
-    )
-    t0 = time.perf_counter()
-    trainer.fit()
-    seconds = time.perf_counter() - t0
-    model = trainer.accelerator.unwrap_model(trainer.model).cpu().eval()
-    save_weights(model, path, metadata={"settings": key})
-    log(f"[{kind}] trained in {seconds:.1f} s, cached to {path.relative_to(HERE.parent)}")
-    return model, {"cached": False, "train_s": round(seconds, 2), "path": str(path.relative_to(HERE.parent)),
-                   **settings}
 
 
 def frozen(model: nn.Module) -> nn.Module:
