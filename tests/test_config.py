@@ -117,6 +117,9 @@ def test_empty_file_gives_defaults_then_needs_eval_threat(tmp_path):
         (PGD_AT + "eval: {eps_curve: [0, -0.1]}\n", "eval.eps_curve"),
         (PGD_AT + "eval: {max_samples: 0}\n", "eval.max_samples"),
         (PGD_AT + "eval: {bogus: 1}\n", "eval.bogus"),
+        (PGD_AT + "eval: {suite: strong}\n", "eval.suite"),
+        (PGD_AT + "eval: {precision: fp8}\n", "eval.precision"),
+        (PGD_AT + "eval: {attacks: [{name: apgd_t, targets: 0}]}\n", "eval.attacks[0]"),
         (PGD_AT + "data: {test_fraction: 1.5}\n", "data.test_fraction"),
         (PGD_AT + "seed: abc\n", "seed"),
         ("objective: {name: pgd_at, threat: {eps: 0.1}, attack: {name: pgd, steps: many}}\n",
@@ -210,3 +213,12 @@ def test_run_config_defaults():
     config = RunConfig()
     assert config.data.source == "digits" and config.model.name == "small_cnn"
     assert config.objective == {"name": "standard"}
+
+
+def test_eval_suite_or_custom_cascade():
+    config = parse_config({"objective": {"name": "pgd_at", "threat": {"eps": 0.1}}, "eval": {"suite": "fast"}})
+    assert config.build_suite() == "fast"
+    custom = parse_config({"objective": {"name": "pgd_at", "threat": {"eps": 0.1}},
+                           "eval": {"attacks": [{"name": "apgd", "loss": "dlr"}, "square"]}})
+    attacks = custom.build_suite()
+    assert [a.label for a in attacks] == ["apgd_dlr", "square"]

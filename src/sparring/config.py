@@ -75,7 +75,7 @@ class ModelSpec(BaseModel):
 class EvalSpec(_Strict):
     threat: ThreatSpec | None = None
     suite: Literal["fast", "standard", "plus"] = "standard"
-    attacks: list[dict[str, Any]] | None = None  # a custom cascade, run in this order, instead of the suite
+    attacks: list[dict[str, Any] | str] | None = None  # a custom cascade, run in this order, instead of the suite
     precision: Literal["fp32", "bf16"] = "fp32"
     eps_curve: list[float] | None = None
     batch_size: int = Field(default=256, ge=1)
