@@ -145,6 +145,18 @@ BAD_INPUT = {
     "eval_missing_factory_file": (
         ["eval", "--model", "nope.py:make", "--data", "digits", "--eps", "0.1", "--out", "out_e7"], ["nope.py"]),
     "eval_missing_required_option": (["eval", "--model", "factory.py:make", "--data", "digits"], ["eps"]),
+    "eval_unknown_suite": (
+        ["eval", "--model", "factory.py:make", "--data", "digits", "--eps", "0.1", "--suite", "strong", "--out",
+         "out_e8"], ["--suite", "strong"]),
+    "eval_bad_eps_curve": (
+        ["eval", "--model", "factory.py:make", "--data", "digits", "--eps", "0.1", "--eps-curve", "0,x", "--out",
+         "out_e9"], ["--eps-curve"]),
+    "eval_negative_eps_curve": (
+        ["eval", "--model", "factory.py:make", "--data", "digits", "--eps", "0.1", "--eps-curve", "0,-1", "--out",
+         "out_e10"], ["eps-curve", ">= 0"]),
+    "eval_bad_precision": (
+        ["eval", "--model", "factory.py:make", "--data", "digits", "--eps", "0.1", "--precision", "fp8", "--out",
+         "out_e11"], ["--precision"]),
     "resume_without_checkpoints": (["train", "cfg.yaml", "--out", "empty", "--resume", "-q"], ["checkpoints"]),
     "report_of_a_folder_without_report": (["report", "empty"], ["report.json"]),
 }

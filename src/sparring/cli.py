@@ -182,9 +182,12 @@ def _floats(text: str, option: str) -> list[float]:
     from sparring.errors import ConfigError
 
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{option} must be comma-separated numbers, got {text!r}") from None
+    if any(not v >= 0 for v in values):
+        raise ConfigError(f"{option} values must be >= 0, got {text!r}")
+    return values
 
 
 @contextlib.contextmanager
