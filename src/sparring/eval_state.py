@@ -16,6 +16,7 @@ it or when. That makes two things simple:
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -106,6 +107,14 @@ def init_process_group() -> None:
     else:
         backend = "gloo"
     torch.distributed.init_process_group(backend=backend)  # env://: RANK, WORLD_SIZE, MASTER_ADDR/PORT
+    # A process group still alive at interpreter exit can abort the process ("terminate called without an
+    # active exception" from gloo's threads): the group we opened is closed on the way out.
+    atexit.register(_close_process_group)
+
+
+def _close_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def is_main_process() -> bool:
