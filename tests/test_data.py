@@ -230,6 +230,17 @@ def test_npz_with_test_arrays_uint8_and_num_classes(tmp_path: Path) -> None:
     assert train.num_classes == 7
 
 
+def test_npz_for_evaluation_is_the_whole_file_or_its_test_part(tmp_path: Path) -> None:
+    from sparring.data.npz import load_npz_for_evaluation
+
+    x = np.random.default_rng(2).random((30, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "all.npz", x=x, y=np.arange(30) % 3)
+    whole = load_npz_for_evaluation(tmp_path / "all.npz")
+    assert len(whole) == 30 and torch.equal(whole.x, torch.from_numpy(x))
+    np.savez(tmp_path / "both.npz", x=x, y=np.arange(30) % 3, x_test=x[:5], y_test=np.arange(5) % 3)
+    assert len(load_npz_for_evaluation(tmp_path / "both.npz")) == 5
+
+
 @pytest.mark.parametrize(
     ("arrays", "match"),
     [

@@ -146,5 +146,6 @@ def test_cli_eval_killed_and_run_again_resumes(problem, tmp_path) -> None:
     assert again.returncode == 0, again.stderr
     first = json.loads((tmp_path / "whole" / "report.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "report.json").read_text())
+    assert first["n_samples"] == 60  # the whole .npz file is evaluated
     for key in ("clean_accuracy", "robust_accuracy", "eps_curve", "checks", "per_class"):
         assert resumed[key] == first[key], key

@@ -95,7 +95,9 @@ def train(
 @app.command(name="eval")
 def eval_(
     model: Annotated[str, typer.Option("--model", help="MODULE:FACTORY or file.py:FACTORY returning the model.")],
-    data: Annotated[str, typer.Option("--data", help="digits, cifar10, cifar100 or a .npz file with x and y.")],
+    data: Annotated[str, typer.Option(
+        "--data", help="digits, cifar10, cifar100 (their test split) or a .npz file with x and y (evaluated whole; "
+        "x_test/y_test instead if present).")],
     eps: Annotated[float, typer.Option("--eps", help="Radius of the threat model (input units).")],
     norm: Annotated[str, typer.Option("--norm", help="linf or l2.")] = "linf",
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="safetensors weights to load.")] = None,
@@ -128,6 +130,7 @@ def eval_(
     from sparring.attacks.cascade import SUITES
     from sparring.checkpoint import load_weights
     from sparring.data import load_data
+    from sparring.data.npz import load_npz_for_evaluation
     from sparring.errors import ConfigError
     from sparring.eval_state import is_main_process
     from sparring.experiment import evaluate_model
@@ -145,7 +148,10 @@ def eval_(
     if checkpoint is not None:
         load_weights(net, checkpoint)
     net.to(_device(device))
-    _, test = load_data(data, root=data_root, seed=seed)
+    if data.endswith(".npz"):  # a file handed to an evaluation is evaluated whole (or its x_test / y_test)
+        test = load_npz_for_evaluation(data)
+    else:
+        _, test = load_data(data, root=data_root, seed=seed)
     cascade = [build(name.strip()) for name in attacks.split(",")] if attacks else suite
     folder = out or Path("runs") / f"eval-{Path(data).stem}-{norm}-{eps:g}"
     main = is_main_process()

@@ -37,6 +37,25 @@ def load_npz(
     path: str | Path, *, test_fraction: float = 0.25, seed: int = 0, num_classes: int | None = None
 ) -> tuple[Dataset, Dataset]:
     """(train, test) from an ``.npz`` file; ``num_classes`` defaults to ``max(y) + 1`` over both parts."""
+    sets = _read_npz(path, num_classes)
+    if len(sets) == 1:
+        try:
+            return stratified_split(sets[0], test_fraction=test_fraction, seed=seed)
+        except DataError as e:
+            raise DataError(f"{str(path)!r}: {e}") from None
+    return sets[0], sets[1]
+
+
+def load_npz_for_evaluation(path: str | Path, *, num_classes: int | None = None) -> Dataset:
+    """The points to evaluate in an ``.npz`` file: ``x_test``/``y_test`` if present, else all of ``x``/``y``.
+
+    ``sparring eval --data FILE.npz`` uses this: a file handed to an evaluation is evaluation data, so no
+    part of it is held out as a training split."""
+    return _read_npz(path, num_classes)[-1]
+
+
+def _read_npz(path: str | Path, num_classes: int | None) -> list[Dataset]:
+    """``[all]`` or ``[train, test]`` as stored in the file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"npz file {str(path)!r} does not exist; expected a numpy .npz with arrays 'x' and 'y'")
@@ -57,9 +76,6 @@ def load_npz(
         num_classes = max([0] + [int(y.max()) for _, y in tensors if y.numel()]) + 1
     name = path.stem
     try:
-        sets = [Dataset(x=x, y=y, num_classes=num_classes, name=name) for x, y in tensors]
-        if len(sets) == 1:
-            return stratified_split(sets[0], test_fraction=test_fraction, seed=seed)
+        return [Dataset(x=x, y=y, num_classes=num_classes, name=name) for x, y in tensors]
     except DataError as e:
         raise DataError(f"{str(path)!r}: {e}") from None
-    return sets[0], sets[1]
