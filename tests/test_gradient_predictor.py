@@ -82,3 +82,18 @@ def test_errors_name_the_problem(trained_mlp) -> None:
         GradientPredictor(layer="2").predict(trained_mlp, torch.rand(2, 1, 8, 8))
     with pytest.raises(ConfigError, match="control_fraction"):
         Predicted(GradientPredictor(layer="2"), control_fraction=1.5)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd", "apgd_t"])
+def test_every_gradient_attack_runs_on_predicted_gradients(calibrated, name) -> None:
+    from sparring.attacks import build
+
+    model, test, predictor, _ = calibrated
+    x, y = test.x[:64], test.y[:64]
+    settings = {"pgd": {"steps": 5}, "apgd": {"steps": 10}, "apgd_t": {"steps": 5, "targets": 2}}.get(name, {})
+    threat = LinfBall(eps=EPS)
+    result = build(name, gradients=Predicted(predictor), **settings)(model, x, y, threat)
+    assert threat.contains(result.x_adv, x).all()
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean()
+    assert result.robust.float().mean() < clean - 0.2  # the predicted direction does real damage
