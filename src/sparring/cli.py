@@ -123,8 +123,9 @@ def eval_(
 ) -> None:
     """Evaluate a model: clean and robust accuracy, worst case, per class, ε-curve, checks.
 
-    Interrupted? Run the same command again: finished batches are kept in OUT/eval_state. Under
-    torchrun / accelerate launch, each process evaluates its shard and the first one writes the report.
+    Interrupted? Run the same command again: finished batches are kept in OUT/eval_state.
+
+    Under torchrun or accelerate launch, each process evaluates its shard; the first writes the report.
     """
     from sparring.attacks import build
     from sparring.attacks.cascade import SUITES
