@@ -372,5 +372,5 @@ def test_load_factory_errors(spec, words):
 def test_help_lists_the_commands(cli):
     result = cli["results"]["help"]
     assert result.returncode == 0, str(result)
-    for command in ("demo", "run", "train", "eval", "report"):
+    for command in ("demo", "run", "train", "eval", "attack", "report"):
         assert command in result.stdout

@@ -79,7 +79,7 @@ def test_state_of_another_evaluation_is_refused(problem, tmp_path) -> None:
     settings = EVAL_SETTINGS()
     evaluate(model, (x[:20], y[:20]), **settings, state_dir=state)
     settings["threat"] = LinfBall(eps=0.2)
-    with pytest.raises(RunFolderError, match="different evaluation"):
+    with pytest.raises(RunFolderError, match="different run"):
         evaluate(model, (x[:20], y[:20]), **settings, state_dir=state)
     fresh = evaluate(model, (x[:20], y[:20]), **settings, state_dir=state, fresh=True)
     assert fresh.threat.eps == 0.2

@@ -1,4 +1,4 @@
-"""The ``sparring`` command line: demo, run, train, eval, report.
+"""The ``sparring`` command line: demo, run, train, eval, attack, report.
 
 Bad input (a malformed config, a missing file, NaN data, a negative ε, labels out of range, an existing
 run folder) ends with one line on stderr naming the problem and exit status 2, never a traceback.
@@ -164,6 +164,89 @@ def eval_(
         )
     if report is not None:
         _show(report, folder)
+
+
+@app.command()
+def attack(
+    model: Annotated[str, typer.Option("--model", help="MODULE:FACTORY or file.py:FACTORY returning the model.")],
+    data: Annotated[str, typer.Option(
+        "--data", help="digits, cifar10, cifar100 (their test split) or a .npz file with x and y (attacked whole).")],
+    eps: Annotated[float, typer.Option("--eps", help="Radius of the threat model (input units).")],
+    out: Annotated[Path, typer.Option("--out", help="The .npz file to write (x_adv, y, success, loss, meta).")],
+    attack_name: Annotated[str, typer.Option("--attack", help="A registered attack (fgsm, pgd, apgd, ...).")] = "pgd",
+    norm: Annotated[str, typer.Option("--norm", help="linf or l2.")] = "linf",
+    gradients: Annotated[str, typer.Option("--gradients", help="autograd or predicted.")] = "autograd",
+    predictor: Annotated[
+        Path | None, typer.Option("--predictor", help="A saved GradientPredictor (with --gradients predicted).")
+    ] = None,
+    layer: Annotated[str | None, typer.Option(
+        "--layer", help="Calibrate a predictor on this layer (module path) from the training split instead.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="safetensors weights to load.")] = None,
+    data_root: Annotated[str | None, typer.Option("--data-root", help="Folder or archive of CIFAR.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
+    no_bounds: Annotated[bool, typer.Option("--no-bounds", help="No [0, 1] box (feature spaces).")] = False,
+    seed: int = 0,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Write adversarial examples for a whole data set, with per-example success and loss.
+
+    Killed? Run the same command again: finished batches are kept in OUT.state/ until the file is complete.
+    """
+    from sparring.attacks import build
+    from sparring.checkpoint import load_weights
+    from sparring.data import load_data
+    from sparring.data.npz import load_npz_for_evaluation
+    from sparring.errors import ConfigError
+    from sparring.generate import generate
+    from sparring.threat import make_threat
+
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
+    if gradients not in ("autograd", "predicted"):
+        raise ConfigError(f"--gradients must be autograd or predicted, got {gradients!r}")
+    if gradients == "predicted" and predictor is None and layer is None:
+        raise ConfigError("--gradients predicted needs --predictor FILE (a saved predictor) or --layer NAME")
+    threat = make_threat(norm, eps, None if no_bounds else (0.0, 1.0))
+    net = load_factory(model)()
+    if checkpoint is not None:
+        load_weights(net, checkpoint)
+    net.to(_device(device)).eval()
+    if data.endswith(".npz"):
+        target, train = load_npz_for_evaluation(data), None
+    else:
+        train, target = load_data(data, root=data_root, seed=seed)
+    settings: dict[str, Any] = {}
+    if gradients == "predicted":
+        settings["gradients"] = _predicted(net, predictor, layer, train, out, seed)
+    attack_obj = build(attack_name, **settings)
+    with _progress_bar(f"{attack_name} on {len(target)} points", enabled=not quiet) as advance:
+        result = generate(net, target, attack_obj, threat, out, batch_size=batch_size, seed=seed,
+                          overwrite=overwrite, progress=advance)
+    resumed = f" ({result.resumed_batches} batches resumed)" if result.resumed_batches else ""
+    out_console.print(
+        f"{result.path}: {result.n} adversarial examples, success rate {result.success_rate:.3f}, "
+        f"{result.throughput:,.0f} examples/s{resumed}"
+    )
+
+
+def _predicted(net: Any, saved: Path | None, layer: str | None, train: Any, out: Path, seed: int) -> Any:
+    """The predicted gradient source: a saved predictor, or one calibrated on the training split."""
+    from sparring.errors import ConfigError
+    from sparring.prediction import GradientPredictor, Predicted
+
+    if saved is not None:
+        return Predicted(GradientPredictor.load(saved))
+    if train is None:
+        raise ConfigError("--layer calibrates on a training split; an .npz is attacked whole: pass --predictor")
+    predictor = GradientPredictor(layer=str(layer))
+    n = min(len(train), 1000)
+    report = predictor.calibrate(net, train.x[:n], train.y[:n], seed=seed)
+    predictor.save(out.with_suffix(".predictor.safetensors"))
+    console.print(f"[dim]·[/dim] predictor on layer {layer}: held-out cosine {report['holdout_cosine']:.3f} "
+                  f"({n} calibration points, disjoint from the attacked split)")
+    return Predicted(predictor)
 
 
 def _device(name: str | None) -> Any:

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -64,8 +65,8 @@ class EvalState:
             if fresh and self.folder.exists():
                 shutil.rmtree(self.folder)
             if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") != print_:
-                error = (f"{self.folder} holds the state of a different evaluation (model, data or settings "
-                         "changed); pass --overwrite to start afresh or choose another --out")
+                error = (f"{self.folder} holds the state of a different run (model, data or settings changed); "
+                         "pass --overwrite to start afresh or choose another --out")
             elif not manifest.exists():
                 atomic_write_json(manifest, {"fingerprint": print_, "settings": settings})
         error = broadcast(error)  # also a barrier: no rank reads the folder before rank 0 has checked it
@@ -86,6 +87,20 @@ class EvalState:
 
     def done(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("batch-*.json"))
+
+    def save_arrays(self, batch: int, arrays: dict[str, Tensor]) -> None:
+        """Tensors of one batch as ``batch-XXXXX.npz``, written atomically (for large per-point outputs)."""
+        path = self.folder / f"batch-{batch:05d}.npz"
+        tmp = self.folder / f".{path.name}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+        os.replace(tmp, path)
+
+    def load_arrays(self, batch: int) -> dict[str, Tensor] | None:
+        path = self.folder / f"batch-{batch:05d}.npz"
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: torch.from_numpy(archive[k]) for k in archive.files}
 
 
 # ----------------------------------------------------------------------------- distributed
