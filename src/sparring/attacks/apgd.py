@@ -105,7 +105,16 @@ class APGD(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _validate(self)
+        if not self.score:
+            raise ConfigError(f"{self.name} always knows which points it broke: score=False is not supported")
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.restarts < 1:
+            raise ConfigError(f"restarts must be >= 1, got {self.restarts}")
+        if not 0.0 < self.rho <= 1.0:
+            raise ConfigError(f"rho must lie in (0, 1], got {self.rho}")
+        if not 0.0 < self.momentum <= 1.0:
+            raise ConfigError(f"momentum must lie in (0, 1], got {self.momentum}")
 
     @property
     def label(self) -> str:
@@ -119,7 +128,7 @@ class APGD(Attack):
 
 @ATTACKS.register("apgd_t")
 @dataclass(kw_only=True)
-class APGDTargeted(Attack):
+class APGDTargeted(APGD):
     """APGD-T: APGD on the targeted DLR loss towards each of the ``targets`` most likely wrong classes.
 
     Target classes are ranked by the clean logits (the true class excluded), at most K − 1 of them; each
@@ -131,21 +140,15 @@ class APGDTargeted(Attack):
         loss: must be ``"dlr"`` (the targeted DLR loss is what APGD-T maximizes). A custom ``loss_fn``
             passed at call time is called as ``loss_fn(logits, ref)`` with ``ref`` (B, 2) = [label, target].
         targets: number of target classes (AutoAttack: 9).
-        steps, restarts, rho, momentum, early_stop: as :class:`APGD`, per target class.
+        steps, restarts, rho, momentum, early_stop: as :class:`APGD` (inherited), per target class.
     """
 
     name = "apgd_t"
     loss: str = "dlr"
     targets: int = 9
-    steps: int = 100
-    restarts: int = 1
-    rho: float = 0.75
-    momentum: float = 0.75
-    early_stop: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _validate(self)
         if self.loss != "dlr":
             raise ConfigError(f"apgd_t maximizes the targeted DLR loss: loss must be 'dlr', got {self.loss!r}")
         if self.targets < 1:
@@ -176,7 +179,7 @@ class APGDTargeted(Attack):
 
 
 def _restarts(
-    attack: APGD | APGDTargeted, model: nn.Module, problem: Problem, generator: torch.Generator | None,
+    attack: APGD, model: nn.Module, problem: Problem, generator: torch.Generator | None,
     best: _Outcome | None,
 ) -> _Outcome:
     """``attack.restarts`` APGD runs, each on the rows of ``problem`` that ``best`` (if any) has not broken."""
@@ -193,20 +196,7 @@ def _restarts(
     return best
 
 
-def _validate(attack: APGD | APGDTargeted) -> None:
-    if not attack.score:
-        raise ConfigError(f"{attack.name} always knows which points it broke: score=False is not supported")
-    if attack.steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {attack.steps}")
-    if attack.restarts < 1:
-        raise ConfigError(f"restarts must be >= 1, got {attack.restarts}")
-    if not 0.0 < attack.rho <= 1.0:
-        raise ConfigError(f"rho must lie in (0, 1], got {attack.rho}")
-    if not 0.0 < attack.momentum <= 1.0:
-        raise ConfigError(f"momentum must lie in (0, 1], got {attack.momentum}")
-
-
-def _settings(attack: APGD | APGDTargeted) -> dict[str, object]:
+def _settings(attack: APGD) -> dict[str, object]:
     # In train mode BatchNorm's batch statistics couple the rows: keep the working batch whole.
     early_stop = attack.early_stop and not attack.train_mode
     return {"steps": attack.steps, "rho": attack.rho, "momentum": attack.momentum, "early_stop": early_stop}
