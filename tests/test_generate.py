@@ -111,3 +111,12 @@ def test_cli_attack_predicted_without_a_predictor_exits_2(tmp_path, monkeypatch,
         main()
     assert exit_info.value.code == 2
     assert "--predictor" in capsys.readouterr().err
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_state(problem, tmp_path) -> None:
+    model, x, y = problem
+    (tmp_path / "adv.state").mkdir()
+    (tmp_path / "adv.state" / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="not a sparring state folder"):
+        generate(model, (x, y), FGSM(), LinfBall(eps=0.1), tmp_path / "adv.npz", overwrite=True)
+    assert (tmp_path / "adv.state" / "notes.txt").read_text() == "mine"

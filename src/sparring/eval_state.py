@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from sparring.errors import RunFolderError
-from sparring.files import atomic_write_json
+from sparring.files import atomic_write_json, atomic_write_npz
 
 Record = dict[str, Any]
 
@@ -60,18 +60,23 @@ class EvalState:
     def __init__(self, folder: Path, print_: str, settings: dict[str, Any], *, fresh: bool = False) -> None:
         self.folder = Path(folder)
         manifest = self.folder / "manifest.json"
-        error = None
-        if is_main_process():
-            if fresh and self.folder.exists():
-                shutil.rmtree(self.folder)
-            if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") != print_:
-                error = (f"{self.folder} holds the state of a different run (model, data or settings changed); "
-                         "pass --overwrite to start afresh or choose another --out")
-            elif not manifest.exists():
-                atomic_write_json(manifest, {"fingerprint": print_, "settings": settings})
+        error = self._prepare(manifest, print_, settings, fresh) if is_main_process() else None
         error = broadcast(error)  # also a barrier: no rank reads the folder before rank 0 has checked it
         if error:
             raise RunFolderError(error)
+
+    def _prepare(self, manifest: Path, print_: str, settings: dict[str, Any], fresh: bool) -> str | None:
+        """Rank 0: start afresh or check the manifest; the error message, if any."""
+        if fresh and self.folder.exists():
+            if any(self.folder.iterdir()) and not manifest.exists():
+                return f"{self.folder} is not a sparring state folder; refusing to delete it"
+            shutil.rmtree(self.folder)
+        if not manifest.exists():
+            atomic_write_json(manifest, {"fingerprint": print_, "settings": settings})
+        elif json.loads(manifest.read_text()).get("fingerprint") != print_:
+            return (f"{self.folder} holds the state of a different run (model, data or settings changed); "
+                    "pass --overwrite to start afresh or choose another --out")
+        return None
 
     def path(self, batch: int) -> Path:
         return self.folder / f"batch-{batch:05d}.json"
@@ -90,10 +95,8 @@ class EvalState:
 
     def save_arrays(self, batch: int, arrays: dict[str, Tensor]) -> None:
         """Tensors of one batch as ``batch-XXXXX.npz``, written atomically (for large per-point outputs)."""
-        path = self.folder / f"batch-{batch:05d}.npz"
-        tmp = self.folder / f".{path.name}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
-        os.replace(tmp, path)
+        atomic_write_npz(self.folder / f"batch-{batch:05d}.npz",
+                         {k: v.detach().cpu().numpy() for k, v in arrays.items()})
 
     def load_arrays(self, batch: int) -> dict[str, Tensor] | None:
         path = self.folder / f"batch-{batch:05d}.npz"
@@ -101,6 +104,11 @@ class EvalState:
             return None
         with np.load(path, allow_pickle=False) as archive:
             return {k: torch.from_numpy(archive[k]) for k in archive.files}
+
+
+def batch_generator(device: torch.device | str, seed: int, batch: int, stream: int = 0) -> torch.Generator:
+    """The generator of one (batch, stream) pair: independent of process, order and resumption."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch) * 10_007 + stream + 1)
 
 
 # ----------------------------------------------------------------------------- distributed

@@ -30,10 +30,19 @@ from sparring import checks as checks_
 from sparring.attacks import APGD, Attack, Square
 from sparring.attacks.base import PRECISIONS
 from sparring.attacks.cascade import NOT_BROKEN, Cascade, as_cascade
-from sparring.context import frozen_model
+from sparring.context import device_of, frozen_model
 from sparring.data import Dataset
 from sparring.errors import ConfigError, DataError
-from sparring.eval_state import EvalState, Record, broadcast, fingerprint, gather_records, my_batches, world
+from sparring.eval_state import (
+    EvalState,
+    Record,
+    batch_generator,
+    broadcast,
+    fingerprint,
+    gather_records,
+    my_batches,
+    world,
+)
 from sparring.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -176,7 +185,7 @@ def evaluate(
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     cascade = as_cascade(suite).with_precision(precision)
     curve_attack = _with_precision(curve_attack or default_curve_attack(), precision)
     radii = _radii(threat, eps_curve)
@@ -238,7 +247,7 @@ def _evaluate_batch(
     verify = _verifier(model) if precision != "fp32" else None
     result = cascade.run(
         model, x, y, threat, active=clean_correct, verify=verify,
-        generator_for=lambda k: _generator(x.device, seed, batch, k),
+        generator_for=lambda k: batch_generator(x.device, seed, batch, k),
     )
     broken_by = torch.where(clean_correct, result.broken_by, torch.full_like(result.broken_by, WRONG))
     robust = broken_by == NOT_BROKEN
@@ -276,7 +285,7 @@ def _curve_batch(
         rows = still.nonzero().squeeze(1)
         if rows.numel():  # ε = 0 is attacked too: that is what the eps_zero check verifies
             result = attack(model, x[rows], y[rows], threat.with_eps(radius),
-                            generator=_generator(x.device, seed, batch, 1000 + i))
+                            generator=batch_generator(x.device, seed, batch, 1000 + i))
             success = result.success
             assert success is not None
             if verify is not None and bool(success.any()):
@@ -345,7 +354,7 @@ def _run_checks(
     probe = torch.arange(n)
     px, py = x[:n].to(device), y[:n].to(device)
     probe_threat = threat.subset(probe)
-    generator = _generator(device, seed, CHECK_STREAM, 0)
+    generator = batch_generator(device, seed, CHECK_STREAM, 0)
     found = [
         checks_.gradients_finite_nonzero(model, px, py),
         checks_.deterministic_model(model, px),
@@ -416,21 +425,12 @@ def _with_precision(attack: Attack, precision: str) -> Attack:
     return dataclasses.replace(attack, precision=precision) if attack.precision != precision else attack
 
 
-def _generator(device: torch.device, seed: int, batch: int, stream: int) -> torch.Generator:
-    """The generator of one (batch, attack) pair: independent of process, order and resumption."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch) * 10_007 + stream + 1)
-
-
 def _unpack(data: Dataset | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, list[str]]:
     if isinstance(data, Dataset):
         return data.x, data.y, list(data.class_names)
     x, y = data
     return x, y, [str(i) for i in range(int(y.max()) + 1)]
 
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 __all__ = ["Evaluation", "evaluate", "default_curve_attack", "default_eps_curve"]

@@ -25,6 +25,7 @@ import sparring
 from sparring.attacks import Attack
 from sparring.checkpoint import save_weights
 from sparring.config import RunConfig, load_config
+from sparring.context import device_of
 from sparring.data import Dataset, load_data, long_tail
 from sparring.errors import DataError, RunFolderError
 from sparring.eval_state import barrier, is_main_process
@@ -205,13 +206,13 @@ def evaluate_model(
     out = Path(out)
     resuming = (out / "eval_state" / "manifest.json").is_file() and not overwrite
     if is_main_process():
-        if resuming:
-            notify and notify(f"resuming the evaluation in {out / 'eval_state'}")
+        if resuming and notify is not None:
+            notify(f"resuming the evaluation in {out / 'eval_state'}")
         else:
             prepare_run_dir(out, overwrite=overwrite)
     barrier()
     with torch.no_grad():
-        probe = model(test_data.x[:2].to(_device_of(model)))
+        probe = model(test_data.x[:2].to(device_of(model)))
     if probe.dim() != 2 or probe.shape[1] < test_data.num_classes:
         raise DataError(
             f"the model returns shape {tuple(probe.shape)} but the data has {test_data.num_classes} classes"
@@ -253,10 +254,6 @@ def demo_config_path(name: str) -> Path:
     """Path of a config shipped with the package (``sparring/configs/demo_<name>.yaml``)."""
     return Path(str(resources.files("sparring") / "configs" / f"demo_{name}.yaml"))
 
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def _parameters(model: nn.Module) -> int:

@@ -17,7 +17,6 @@ is removed once the output is complete. ``sparring attack`` is the command-line 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -30,9 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from sparring.attacks import Attack
+from sparring.context import device_of
 from sparring.data import Dataset
 from sparring.errors import ConfigError, RunFolderError
-from sparring.eval_state import EvalState, fingerprint
+from sparring.eval_state import EvalState, batch_generator, fingerprint
+from sparring.files import atomic_write_npz
 from sparring.threat import ThreatModel
 
 
@@ -70,8 +71,7 @@ def generate(
     if out.exists() and not overwrite:
         raise RunFolderError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     x, y = (data.x, data.y) if isinstance(data, Dataset) else data
-    param = next(model.parameters(), None)
-    device = torch.device(device) if device is not None else (param.device if param is not None else "cpu")
+    device = torch.device(device) if device is not None else device_of(model)
     settings = {"attack": attack.describe(), "threat": threat.describe(), "batch_size": batch_size, "seed": seed,
                 "n": len(x)}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,7 @@ def generate(
         part = state.load_arrays(b)
         if part is None:
             rows = torch.arange(b * batch_size, min((b + 1) * batch_size, len(x)))
-            generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
+            generator = batch_generator(device, seed, b)
             started = time.perf_counter()
             result = attack(model, x[rows].to(device), y[rows].to(device), threat.subset(rows), generator=generator)
             elapsed = time.perf_counter() - started
@@ -101,11 +101,9 @@ def generate(
     success = torch.cat([p["success"] for p in parts])
     meta: dict[str, Any] = {**settings, "attack_s": attack_s, "throughput_per_s": len(x) / max(attack_s, 1e-12),
                             "success_rate": float(success.float().mean())}
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, x_adv=torch.cat([p["x_adv"] for p in parts]).numpy(), y=y.cpu().numpy(),
-             success=success.numpy(), loss=torch.cat([p["loss"] for p in parts]).numpy(),
-             meta=np.array(json.dumps(meta)))
-    os.replace(tmp, out)
+    atomic_write_npz(out, {"x_adv": torch.cat([p["x_adv"] for p in parts]).numpy(), "y": y.cpu().numpy(),
+                           "success": success.numpy(), "loss": torch.cat([p["loss"] for p in parts]).numpy(),
+                           "meta": np.array(json.dumps(meta))})
     shutil.rmtree(state_dir, ignore_errors=True)
     return Generated(path=out, n=len(x), success_rate=meta["success_rate"], attack_s=attack_s,
                      throughput=meta["throughput_per_s"], resumed_batches=resumed)

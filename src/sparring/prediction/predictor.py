@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from sparring.context import frozen_model
+from sparring.context import device_of, frozen_model
 from sparring.errors import ConfigError, DataError, SparringError
 from sparring.gradients import Autograd, GradientStep
 from sparring.losses import LossFn, get_loss
@@ -100,7 +100,7 @@ class GradientPredictor:
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         n_hold = max(2, int(round(self.holdout * len(x))))
         hold, fit_rows = order[:n_hold], order[n_hold:]
-        device = _device_of(model)
+        device = device_of(model)
         fit: RidgeAccumulator | None = None
         for rows in fit_rows.split(batch_size):
             h, g = self._pairs(model, x[rows].to(device), y[rows].to(device))
@@ -230,7 +230,3 @@ class Predicted:
 
 MODES = ("residual", "direct")
 
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
