@@ -179,7 +179,7 @@ def evaluate(
         x, y = x[:max_samples], y[:max_samples]
     if len(x) == 0:
         raise DataError("no samples to evaluate")
-    if isinstance(threat.eps, Tensor) and threat.eps.dim() == 1 and threat.eps.shape[0] != len(x):
+    if _per_sample(threat) and threat.eps.shape[0] != len(x):  # type: ignore[union-attr]
         raise DataError(f"per-sample eps has {threat.eps.shape[0]} entries for {len(x)} evaluated samples")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
