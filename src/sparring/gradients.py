@@ -19,11 +19,19 @@ from sparring.losses import LossFn
 
 @dataclass(frozen=True)
 class GradientStep:
-    """What one query returns: loss (B,), gradient (shape of x), logits (B, K), all detached."""
+    """What one query returns, all detached: the gradient (shape of x), the loss (B,) and the logits.
 
-    loss: Tensor
+    A source that stops the forward pass early (a gradient predicted from an early layer) has no logits
+    and no loss: it returns None for both, and attacks that rank iterates by them refuse it.
+    """
+
     grad: Tensor
-    logits: Tensor
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+
+    @property
+    def scored(self) -> bool:
+        return self.loss is not None and self.logits is not None
 
 
 class GradientSource(Protocol):
@@ -40,4 +48,4 @@ class Autograd:
             logits = model(x)
             loss = loss_fn(logits, ref)
             (grad,) = torch.autograd.grad(loss.sum(), x)
-        return GradientStep(loss=loss.detach(), grad=grad, logits=logits.detach())
+        return GradientStep(grad=grad, loss=loss.detach(), logits=logits.detach())

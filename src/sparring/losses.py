@@ -19,7 +19,11 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """``CE(z, y) = −log softmax(z)_y``, shape (B,)."""
+    """``CE(z, y) = −log softmax(z)_y``, shape (B,).
+
+    Sequence outputs (logits (B, k, V), token references (B, k)) give the mean token NLL per example."""
+    if logits.dim() == 3:
+        return F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").mean(1)
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 

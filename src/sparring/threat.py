@@ -199,6 +199,95 @@ class L2Ball(ThreatModel):
         return (per_sample(step_size, grad) * grad).div_(norm)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TokenBall(ThreatModel):
+    """Per-token balls for sequences of token embeddings x (B, T, D): ``‖δ_t‖ ≤ ε`` for every token t.
+
+    Language-model attacks live in embedding space (``inputs_embeds``), where a budget is per token and
+    is usually quoted relative to the mean norm of the embedding matrix (see
+    :func:`sparring.language.embedding_scale`). ``mask`` (B, T) bool names the positions that may move
+    (e.g. the instruction, not the target); rows of ``x`` that are all zero are padding and never move,
+    whatever the mask says. ``bounds`` default to None (embeddings have no box).
+    """
+
+    bounds: tuple[float, float] | None = None
+    mask: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mask is not None and (self.mask.dim() != 2 or self.mask.dtype != torch.bool):
+            raise ThreatModelError(f"mask must be a (B, T) bool tensor, got {self.mask.dtype} {tuple(self.mask.shape)}")
+
+    def subset(self, index: Tensor) -> ThreatModel:
+        sub = super().subset(index)
+        return sub if self.mask is None else replace(sub, mask=self.mask[index.to(self.mask.device)])
+
+    def movable(self, x: Tensor) -> Tensor:
+        """(B, T, 1) 1.0 where a token may move: inside ``mask`` and not an all-zero (padding) row."""
+        if x.dim() != 3:
+            raise ThreatModelError(f"a per-token threat needs token embeddings (B, T, D), got shape {tuple(x.shape)}")
+        allowed = (x != 0).any(-1)
+        if self.mask is not None:
+            if self.mask.shape != allowed.shape:
+                raise ThreatModelError(f"mask has shape {tuple(self.mask.shape)}, expected {tuple(allowed.shape)}")
+            allowed &= self.mask.to(allowed.device)
+        return allowed.unsqueeze(-1).to(x.dtype)
+
+    def _token_norm(self, v: Tensor) -> Tensor:
+        """(B, T, 1) norm of each token's displacement."""
+        return torch.linalg.vector_norm(v, ord=self.token_ord, dim=-1, keepdim=True)
+
+    token_ord: ClassVar[float]
+
+    def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """(B,) the largest per-token displacement (the budget is per token)."""
+        return self._token_norm(x_adv - x).flatten(1).amax(1)
+
+    def contains(self, x_adv: Tensor, x: Tensor, atol: float = 1e-5) -> Tensor:
+        frozen = (1 - self.movable(x)) * (x_adv - x)  # padding and masked tokens must not move at all
+        return super().contains(x_adv, x, atol) & (frozen.flatten(1).abs().amax(1) <= atol)
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        eps, delta = self.eps_for(x), x_adv - x
+        if self.token_ord == 2.0:
+            delta = delta * torch.clamp(eps / self._token_norm(delta).clamp_min(_TINY), max=1.0)
+        else:
+            delta = torch.maximum(torch.minimum(delta, eps), -eps)
+        return self.clip_box(x + delta * self.movable(x))
+
+    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+        if self.token_ord == 2.0:  # a random direction per token, radius uniform in [0, ε]
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            radius = torch.rand(x.shape[:-1] + (1,), generator=generator, device=x.device, dtype=x.dtype)
+            noise = noise / self._token_norm(noise).clamp_min(_TINY) * radius
+        return self.project(x + noise * self.eps_for(x), x)
+
+    def step(self, grad: Tensor, step_size: Radius) -> Tensor:
+        """Steepest ascent per token: ``α g_t / ‖g_t‖₂`` (L2) or ``α sign(g_t)`` (L∞)."""
+        if self.token_ord == 2.0:
+            return per_sample(step_size, grad) * grad / self._token_norm(grad).clamp_min(_TINY)
+        return grad.sign().mul_(per_sample(step_size, grad))
+
+
+@THREATS.register("token_l2")
+@dataclass(frozen=True, kw_only=True)
+class TokenL2Ball(TokenBall):
+    """``‖δ_t‖₂ ≤ ε`` for each token t of x (B, T, D)."""
+
+    norm: ClassVar[str] = "token_l2"
+    token_ord: ClassVar[float] = 2.0
+
+
+@THREATS.register("token_linf")
+@dataclass(frozen=True, kw_only=True)
+class TokenLinfBall(TokenBall):
+    """``‖δ_t‖∞ ≤ ε`` for each token t of x (B, T, D) (padding and masked tokens stay put)."""
+
+    norm: ClassVar[str] = "token_linf"
+    token_ord: ClassVar[float] = float("inf")
+
+
 def make_threat(norm: str, eps: Radius, bounds: tuple[float, float] | None = (0.0, 1.0)) -> ThreatModel:
-    """Build a threat model by norm name (``"linf"`` or ``"l2"``)."""
+    """Build a threat model by norm name (``"linf"``, ``"l2"``, ``"token_l2"``, ``"token_linf"``)."""
     return THREATS.get(norm)(eps=eps, bounds=bounds)

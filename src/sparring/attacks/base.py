@@ -82,9 +82,15 @@ class Problem:
             loss_ref=self.loss_ref[index], target=None if self.target is None else self.target[index],
         )
 
-    def query(self, gradients: GradientSource, model: nn.Module, x_adv: Tensor) -> GradientStep:
-        """Loss, input gradient and logits at ``x_adv`` from the given gradient source."""
-        return gradients(model, x_adv, self.loss_fn, self.loss_ref)
+    def query(self, gradients: GradientSource, model: nn.Module, x_adv: Tensor, *, scores: bool = True) -> GradientStep:
+        """Input gradient at ``x_adv`` from the given gradient source, with loss and logits if ``scores``."""
+        step = gradients(model, x_adv, self.loss_fn, self.loss_ref)
+        if scores and not step.scored:
+            raise ConfigError(
+                "this gradient source stops the forward pass early and gives no loss or logits, which this attack "
+                "needs to rank its iterates: use FGSM, or PGD with keep_best=False and score=False"
+            )
+        return step
 
     def success(self, logits: Tensor) -> Tensor:
         """(B,) bool: misclassified (untargeted) or predicted as the target (targeted)."""
@@ -186,9 +192,17 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 
 def success_of(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-    """(B,) bool: misclassified (untargeted) or predicted as the target (targeted)."""
-    pred = logits.argmax(1)
-    return pred != y if target is None else pred == target
+    """(B,) bool: misclassified (untargeted) or predicted as the target (targeted).
+
+    For sequence outputs (logits (B, k, V), references (B, k) tokens) untargeted success means the greedy
+    prediction differs from the reference at some position, targeted success that it equals the target
+    at every position."""
+    pred = logits.argmax(-1)
+    if target is None:
+        wrong = pred != y
+        return wrong.flatten(1).any(1) if wrong.dim() > 1 else wrong
+    right = pred == target
+    return right.flatten(1).all(1) if right.dim() > 1 else right
 
 
 def check_batch(x: Tensor, y: Tensor, threat: ThreatModel) -> None:
@@ -197,8 +211,9 @@ def check_batch(x: Tensor, y: Tensor, threat: ThreatModel) -> None:
         raise DataError("x and y must be torch tensors")
     if x.dim() < 2:
         raise DataError(f"x must have a batch dimension and at least one feature dimension, got {tuple(x.shape)}")
-    if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise DataError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if y.dim() not in (1, 2) or y.shape[0] != x.shape[0]:
+        b = x.shape[0]
+        raise DataError(f"y must have shape ({b},) (labels) or ({b}, k) (tokens), got {tuple(y.shape)}")
     if not torch.isfinite(x).all():
         raise DataError("x contains NaN or infinite values")
     if threat.bounds is not None:

@@ -115,7 +115,7 @@ class PGD(Attack):
         x, threat = problem.x, problem.threat
         best: _Best | None = None
         for _ in range(self.steps):
-            g = problem.query(self.gradients, model, x_adv)
+            g = problem.query(self.gradients, model, x_adv, scores=self.keep_best)
             with torch.no_grad():  # bookkeeping and update build no graph
                 if self.keep_best:
                     best = _Best.better_of(best, x_adv, g.loss, g.logits, problem.success(g.logits))

@@ -72,7 +72,7 @@ class RidgeAccumulator:
             raise ConfigError(f"features and targets must be >= 1, got {features} and {targets}")
         self.features, self.targets = features, targets
         kw = {"dtype": torch.float64, "device": device}
-        self.n = 0
+        self.n: float = 0
         self.sum_h = torch.zeros(features, **kw)
         self.sum_g = torch.zeros(targets, **kw)
         self.hth = torch.zeros(features, features, **kw)
@@ -116,6 +116,26 @@ class RidgeAccumulator:
         weight = torch.cholesky_solve(s_hg, factor)
         return RidgeMap(weight=weight.float(), mean_h=mean_h.float(), scale_h=scale.float(), mean_g=mean_g.float(),
                         lam=float(lam))
+
+    def decay_(self, factor: float) -> None:
+        """Scale every sum by ``factor`` in [0, 1]: older rows count less (refits on a changing model)."""
+        if not 0 <= factor <= 1:
+            raise ConfigError(f"decay must be in [0, 1], got {factor}")
+        self.n *= factor
+        for total in (self.sum_h, self.sum_g, self.hth, self.htg):
+            total.mul_(factor)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"acc_n": torch.tensor(float(self.n), dtype=torch.float64), "acc_sum_h": self.sum_h,
+                "acc_sum_g": self.sum_g, "acc_hth": self.hth, "acc_htg": self.htg}
+
+    @staticmethod
+    def from_state_dict(state: dict[str, Tensor]) -> RidgeAccumulator:
+        acc = RidgeAccumulator(state["acc_hth"].shape[0], state["acc_htg"].shape[1], device=state["acc_hth"].device)
+        acc.n = float(state["acc_n"])
+        acc.sum_h, acc.sum_g = state["acc_sum_h"].double(), state["acc_sum_g"].double()
+        acc.hth, acc.htg = state["acc_hth"].double(), state["acc_htg"].double()
+        return acc
 
     def merge(self, other: RidgeAccumulator) -> None:
         """Add another accumulator's sums (e.g. the held-out part after λ is chosen, or another rank's)."""
