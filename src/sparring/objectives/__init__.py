@@ -10,6 +10,7 @@ from typing import Any
 from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
 from sparring.objectives.fast_at import CatastrophicOverfittingWarning, FastAT
 from sparring.objectives.pgd_at import PGDAT
+from sparring.objectives.predicted_fgsm import PredictedFGSM
 from sparring.objectives.standard import Standard
 from sparring.objectives.trades import TRADES
 
@@ -25,6 +26,6 @@ def build(name: str, **settings: Any) -> Objective:
 
 
 __all__ = [
-    "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT",
+    "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT", "PredictedFGSM",
     "CatastrophicOverfittingWarning", "available", "build",
 ]

@@ -149,11 +149,11 @@ class GradientPredictor:
         device = device_of(model)
         fit: RidgeAccumulator | None = None
         for rows in fit_rows.split(batch_size):
-            h, g, _ = self._pairs(model, x[rows].to(device), y[rows].to(device))
+            h, g, _, _ = self._pairs(model, x[rows].to(device), y[rows].to(device))
             fit = fit or RidgeAccumulator(h.shape[1], g.shape[1], device=device)
             fit.add(h, g)
         held = [self._pairs(model, x[rows].to(device), y[rows].to(device)) for rows in hold.split(batch_size)]
-        h_hold, g_hold = torch.cat([h for h, _, _ in held]), torch.cat([g for _, g, _ in held])
+        h_hold, g_hold = torch.cat([pair[0] for pair in held]), torch.cat([pair[1] for pair in held])
         assert fit is not None
         chosen, scores = choose_lambda(fit, h_hold, g_hold, self.lambdas)
         held_pred = chosen(h_hold)
@@ -171,25 +171,26 @@ class GradientPredictor:
         """Refit on the true gradients at ``(x, y)`` (one backward): older sums are scaled by ``decay``, λ is
         kept. Returns the fidelity of the map *before* the refit on these points (``cosine``,
         ``sign_agreement``): how far the model has drifted since the last fit."""
-        return self.update_with_gradients(model, x, y, decay=decay)[1]
+        return self.update_with_gradients(model, x, y, decay=decay)[2]
 
     def update_with_gradients(
         self, model: nn.Module, x: Tensor, y: Tensor, *, decay: float = 0.5
-    ) -> tuple[Tensor, dict[str, float]]:
-        """:meth:`update`, also returning the true input gradients (shape of ``x``) it computed."""
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """:meth:`update`, also returning the true input gradients (shape of ``x``) and the logits it computed."""
         if self.ridge is None or self._fit is None:
             raise SparringError("update() refits a calibrated predictor: call calibrate() first")
-        features, g_rows, g = self._pairs(model, x, y)
+        features, g_rows, g, logits = self._pairs(model, x, y)
         before = self.ridge.to(features.device)(features)
         metrics = {"cosine": float(cosine(before, g_rows).mean()),
                    "sign_agreement": float(sign_agreement(before, g_rows).mean())}
         self._fit.decay_(decay)
         self._fit.add(features, g_rows)
         self.ridge = self._fit.solve(self.ridge.lam)
-        return g, metrics
+        return g, logits, metrics
 
-    def _pairs(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(feature rows, gradient rows, g) of one batch: the regression's inputs and targets, and g itself."""
+    def _pairs(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(feature rows, gradient rows, g, logits) of one batch: the regression's inputs and targets, and
+        the true gradient and logits themselves."""
         loss_fn = get_loss(self.loss)
         with frozen_model(model), tap(model, self.layer) as box, torch.enable_grad():
             xg = x.detach().clone().requires_grad_(True)
@@ -198,7 +199,7 @@ class GradientPredictor:
         if self.mode == "label" and self.classes is None:
             self.classes = int(logits.shape[-1])
         features = self._features(box["h"].detach(), logits.detach(), loss_fn, y)
-        return self._rows(features, x), self._rows(g, x), g
+        return self._rows(features, x), self._rows(g, x), g, logits.detach()
 
     def _features(self, h: Tensor, logits: Tensor | None, loss_fn: LossFn, ref: Tensor | None) -> Tensor:
         """(B, F) or, per token, (B, T, F): h, or r ⊗ [h, 1] with r = ∂L/∂logits or onehot(y)."""
@@ -267,9 +268,18 @@ class GradientPredictor:
         """Mean cosine similarity and sign agreement of predicted against true gradients on ``(x, y)``
         (per token for sequences)."""
         pred, _ = self.predict(model, x, ref=y)
-        _, true, _ = self._pairs(model, x, y)
+        true = self._pairs(model, x, y)[1]
         pred = self._rows(pred, x)
         return {"cosine": float(cosine(pred, true).mean()), "sign_agreement": float(sign_agreement(pred, true).mean())}
+
+    def to(self, device: torch.device | str) -> GradientPredictor:
+        """Move the map and the running sums to ``device`` (after :meth:`load` on a GPU machine); returns self."""
+        if self.ridge is not None:
+            self.ridge = self.ridge.to(device)
+        if self._fit is not None:
+            acc = RidgeAccumulator.from_state_dict({k: v.to(device) for k, v in self._fit.state_dict().items()})
+            self._fit = acc
+        return self
 
     # ---------------------------------------------------------------------------------------- save / load
     def save(self, path: Path | str) -> None:
@@ -368,13 +378,8 @@ class Predicted:
 
     def _refit(self, model: nn.Module, x: Tensor, loss_fn: LossFn, ref: Tensor) -> GradientStep:
         """One true gradient for the whole batch: refit on it and return it (it is exact, so use it)."""
-        grad, metrics = self.predictor.update_with_gradients(model, x.detach(), ref, decay=self.decay)
+        grad, logits, metrics = self.predictor.update_with_gradients(model, x.detach(), ref, decay=self.decay)
         self.fidelity.append(metrics)
         if loss_fn is not get_loss(self.predictor.loss):  # the attack maximizes another loss: its own gradient
-            step = Autograd()(model, x, loss_fn, ref)
-            return step if not self.truncate else GradientStep(grad=step.grad)
-        if self.truncate:
-            return GradientStep(grad=grad)
-        with torch.no_grad():
-            logits = model(x)
+            return Autograd()(model, x, loss_fn, ref)
         return GradientStep(grad=grad, loss=loss_fn(logits, ref).detach(), logits=logits)
