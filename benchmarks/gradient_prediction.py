@@ -97,9 +97,9 @@ def strength(task: Task, source: Any, eps: float, data: tuple[Tensor, Tensor], *
         with torch.no_grad():
             clean, adv = task.net(x), task.net(x_adv)
         gained.append(cross_entropy(adv, y) - cross_entropy(clean, y))
-        ok = (clean.argmax(-1) == y).flatten(1).all(1)
+        ok = (clean.argmax(-1) == y).reshape(len(y), -1).all(1)
         correct += int(ok.sum())
-        broken += int((ok & (adv.argmax(-1) != y).flatten(1).any(1)).sum())
+        broken += int((ok & (adv.argmax(-1) != y).reshape(len(y), -1).any(1)).sum())
     return float(torch.cat(gained).mean()) if task.sequence and not success else broken / max(correct, 1)
 
 

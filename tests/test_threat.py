@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparring.errors import ThreatModelError
-from sparring.threat import L2Ball, LinfBall, make_threat
+from sparring.threat import L2Ball, LinfBall, TokenL2Ball, TokenLinfBall, make_threat
 
 
 def test_linf_projection_is_clamp_and_box() -> None:
@@ -73,3 +73,28 @@ def test_bad_bounds_and_norm() -> None:
         LinfBall(eps=0.1, bounds=(1.0, 0.0))
     with pytest.raises(Exception, match="unknown threat model"):
         make_threat("l3", 0.1)
+
+
+@pytest.mark.parametrize("ball", [TokenL2Ball, TokenLinfBall])
+def test_token_balls_bound_each_token_and_never_move_padding_or_masked_tokens(ball) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 8, generator=gen)
+    x[0, 4:] = 0  # padding
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[2, :2] = False
+    eps = torch.tensor([0.1, 0.5, 1.0])
+    threat = ball(eps=eps, mask=mask)
+    far = threat.project(x + 5 * torch.randn(x.shape, generator=gen), x)
+    start = threat.random_start(x, gen)
+    for x_adv in (far, start):
+        assert threat.contains(x_adv, x).all()
+        assert torch.equal(x_adv[0, 4:], x[0, 4:]) and torch.equal(x_adv[2, :2], x[2, :2])
+    order = 2 if ball is TokenL2Ball else float("inf")
+    per_token = torch.linalg.vector_norm(far - x, ord=order, dim=-1)
+    assert torch.allclose(per_token[1, :], torch.full((6,), 0.5), atol=1e-5)  # every free token on its sphere
+    assert torch.allclose(threat.project(far, x), far)  # idempotent
+    assert torch.equal(threat.with_eps(0.0).project(far, x), x)
+    sub = threat.subset(torch.tensor([2]))
+    assert torch.equal(sub.project(far[2:], x[2:]), far[2:])
+    with pytest.raises(ThreatModelError, match="token embeddings"):
+        threat.project(x.flatten(1), x.flatten(1))
