@@ -113,3 +113,14 @@ def test_iterative_attacks_run_on_predicted_gradients(calibrated) -> None:
         assert threat.contains(result.x_adv, x).all()
         clean = (model(x).argmax(1) == y).float().mean()
         assert true - 0.02 <= result.robust.float().mean() < clean - 0.3  # far below clean accuracy
+
+
+def test_loading_a_file_that_is_not_a_predictor_names_the_problem(tmp_path) -> None:
+    from sparring.errors import DataError
+
+    garbage = tmp_path / "model.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    with pytest.raises(DataError, match="not a safetensors file"):
+        GradientPredictor.load(garbage)
+    with pytest.raises(DataError, match="not found"):
+        GradientPredictor.load(tmp_path / "missing.safetensors")
