@@ -19,7 +19,7 @@ Protocol. Disjoint splits: head/LM training, calibration (the predictor's only b
 fifth of the calibration set), then on the attack split: cosine and sign agreement of ĝ against g per
 token, the success (target-NLL increase) of predicted FGSM, true FGSM and random directions of the same
 per-token size, at every ε of the grid; the headline ε is the one whose *true*-FGSM success on the
-calibration split is closest to 0.5 (chosen without the attack split). Throughput: examples/s of
+first 256 calibration points is closest to 0.5 (chosen without the attack split). Throughput: examples/s of
 ``FGSM(score=False)`` with autograd and with ``Predicted(truncate=True)`` on the same batches,
 alternating in one process, median over ``--repeats`` rounds; the scoring forward that measures success
 is not part of either. The acceptance asks for ≥ 5× the throughput and ≥ 0.8× the success (NLL increase).
