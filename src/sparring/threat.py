@@ -212,6 +212,7 @@ class TokenBall(ThreatModel):
 
     bounds: tuple[float, float] | None = None
     mask: Tensor | None = None
+    token_ord: ClassVar[float]  # the per-token norm: 2 or inf
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -236,8 +237,6 @@ class TokenBall(ThreatModel):
     def _token_norm(self, v: Tensor) -> Tensor:
         """(B, T, 1) norm of each token's displacement."""
         return torch.linalg.vector_norm(v, ord=self.token_ord, dim=-1, keepdim=True)
-
-    token_ord: ClassVar[float]
 
     def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """(B,) the largest per-token displacement (the budget is per token)."""
