@@ -114,7 +114,7 @@ class RunConfig(_Strict):
         """The evaluation threat: ``eval.threat``, else the objective's training threat."""
         if self.eval.threat is not None:
             return self.eval.threat.build()
-        threat = getattr(objective, "threat", None)
+        threat = getattr(objective, "threat", None) or getattr(getattr(objective, "base", None), "threat", None)
         if threat is None:
             raise ConfigError("eval.threat is required when the objective has no threat model (e.g. standard)")
         return threat
@@ -209,6 +209,8 @@ def build_dataclass(cls: type, settings: dict[str, Any], *, where: str) -> Any:
 def _convert(hint: Any, value: Any, *, where: str) -> Any:
     if hint is Attack or (isinstance(hint, type) and issubclass(hint, Attack)):
         return build_component(ATTACKS, value, where=where)
+    if hint is Objective or (isinstance(hint, type) and issubclass(hint, Objective)):  # wrappers (DRO's base)
+        return build_component(OBJECTIVES, value, where=where)
     if hint is ThreatModel or (isinstance(hint, type) and issubclass(hint, ThreatModel)):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping like {{norm: linf, eps: 0.03}}")

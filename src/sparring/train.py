@@ -171,7 +171,9 @@ class Trainer:
         self.cfg = config or TrainConfig()
         self.objective = objective
         self.val = val
-        self.val_threat = val_threat if val_threat is not None else getattr(objective, "threat", None)
+        # A wrapper (DRO) validates under its base objective's threat model.
+        own = getattr(objective, "threat", None) or getattr(getattr(objective, "base", None), "threat", None)
+        self.val_threat = val_threat if val_threat is not None else own
         self.val_attack: Attack = PGD(steps=self.cfg.val_attack_steps)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.cfg.mixed_precision == "fp16" and (self.cfg.cpu or not torch.cuda.is_available()):
@@ -197,6 +199,8 @@ class Trainer:
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, loader, scheduler
         )
+        if hasattr(objective, "optimizer") and getattr(objective, "optimizer", None) is None:
+            objective.optimizer = self.optimizer  # objectives that replay a batch (Free-AT) step it themselves
         self.checkpoints = CheckpointDir(self.out_dir / "checkpoints") if self.out_dir else None
 
     # ------------------------------------------------------------------ fit

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparring.objectives.at_bsl import ATBSL
 from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
+from sparring.objectives.dro import DRO
 from sparring.objectives.fast_at import CatastrophicOverfittingWarning, FastAT
+from sparring.objectives.free_at import FreeAT
+from sparring.objectives.mart import MART
 from sparring.objectives.pgd_at import PGDAT
 from sparring.objectives.predicted_fgsm import PredictedFGSM
 from sparring.objectives.standard import Standard
@@ -27,5 +31,5 @@ def build(name: str, **settings: Any) -> Objective:
 
 __all__ = [
     "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT", "PredictedFGSM",
-    "CatastrophicOverfittingWarning", "available", "build",
+    "MART", "ATBSL", "FreeAT", "DRO", "CatastrophicOverfittingWarning", "available", "build",
 ]
