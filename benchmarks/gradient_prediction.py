@@ -108,9 +108,7 @@ def fidelity(task: Task, predictor: GradientPredictor, data: tuple[Tensor, Tenso
     cos, sign = [], []
     for x, y in batches(*data):
         pred, _ = predictor.predict(task.net, x, ref=y, truncate=True)
-        x_req = x.clone().requires_grad_(True)
-        with torch.enable_grad():
-            (true,) = torch.autograd.grad(cross_entropy(task.net(x_req), y).sum(), x_req)
+        true = Autograd()(task.net, x, cross_entropy, y).grad
         mask = TokenL2Ball(eps=1.0, mask=task.mask(x)).movable(x).squeeze(-1).bool()
         cos.append(cosine(pred[mask], true[mask]))
         sign.append(sign_agreement(pred[mask], true[mask]))

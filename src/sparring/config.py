@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from sparring.attacks import ATTACKS, Attack
 from sparring.errors import ConfigError
 from sparring.models import settings_of
-from sparring.objectives import OBJECTIVES, Objective
+from sparring.objectives import OBJECTIVES, Objective, threat_of
 from sparring.threat import ThreatModel, make_threat
 from sparring.train import TrainConfig
 
@@ -114,7 +114,7 @@ class RunConfig(_Strict):
         """The evaluation threat: ``eval.threat``, else the objective's training threat."""
         if self.eval.threat is not None:
             return self.eval.threat.build()
-        threat = getattr(objective, "threat", None) or getattr(getattr(objective, "base", None), "threat", None)
+        threat = threat_of(objective)
         if threat is None:
             raise ConfigError("eval.threat is required when the objective has no threat model (e.g. standard)")
         return threat

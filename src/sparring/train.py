@@ -31,7 +31,7 @@ from sparring.attacks import PGD, Attack
 from sparring.checkpoint import CheckpointDir
 from sparring.errors import ConfigError, SparringError
 from sparring.files import atomic_write_text
-from sparring.objectives import Objective
+from sparring.objectives import Objective, threat_of
 from sparring.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,7 @@ class Trainer:
         self.cfg = config or TrainConfig()
         self.objective = objective
         self.val = val
-        # A wrapper (DRO) validates under its base objective's threat model.
-        own = getattr(objective, "threat", None) or getattr(getattr(objective, "base", None), "threat", None)
-        self.val_threat = val_threat if val_threat is not None else own
+        self.val_threat = val_threat if val_threat is not None else threat_of(objective)
         self.val_attack: Attack = PGD(steps=self.cfg.val_attack_steps)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.cfg.mixed_precision == "fp16" and (self.cfg.cpu or not torch.cuda.is_available()):

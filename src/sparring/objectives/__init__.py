@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparring.objectives.at_bsl import ATBSL
-from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
+from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput, threat_of
 from sparring.objectives.dro import DRO
 from sparring.objectives.fast_at import CatastrophicOverfittingWarning, FastAT
 from sparring.objectives.free_at import FreeAT
@@ -31,5 +31,5 @@ def build(name: str, **settings: Any) -> Objective:
 
 __all__ = [
     "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT", "PredictedFGSM",
-    "MART", "ATBSL", "FreeAT", "DRO", "CatastrophicOverfittingWarning", "available", "build",
+    "MART", "ATBSL", "FreeAT", "DRO", "CatastrophicOverfittingWarning", "available", "build", "threat_of",
 ]

@@ -64,6 +64,16 @@ class Objective(ABC):
         return {"name": self.name, **_plain(self)}
 
 
+def threat_of(objective: Objective) -> Any:
+    """The objective's training threat model, looking through wrappers (DRO's ``base``); None if it has none."""
+    while objective is not None:
+        threat = getattr(objective, "threat", None)
+        if threat is not None:
+            return threat
+        objective = getattr(objective, "base", None)
+    return None
+
+
 def _plain(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(obj):
