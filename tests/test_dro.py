@@ -274,3 +274,16 @@ def test_short_training_run_on_digits(digits, single_thread) -> None:
     assert last["train_dro_mean_loss"] < first["train_dro_mean_loss"]
     assert last["train_loss"] >= last["train_dro_mean_loss"] - 1e-6  # the dual value bounds the mean
     assert float(dro.current_temperature()) != pytest.approx(1.0)
+
+
+def test_dro_passes_the_epoch_hook_and_the_threat_through_to_its_base() -> None:
+    from sparring.objectives import FastAT, threat_of
+
+    class Recorder(FastAT):
+        def on_epoch_end(self, model, *, epoch, holdout, generator=None):  # type: ignore[no-untyped-def]
+            return {"seen_epoch": epoch}
+
+    base = Recorder(threat=LinfBall(eps=0.1))
+    dro = DRO(base=base)
+    assert dro.on_epoch_end(torch.nn.Linear(2, 2), epoch=3, holdout=None) == {"seen_epoch": 3}
+    assert threat_of(dro) is base.threat
