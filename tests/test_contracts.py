@@ -160,6 +160,21 @@ class TestAttackContract:
         assert_same(before, snapshot(model))
 
 
+# A long-tailed training split handed to every objective's lifecycle hooks, as the Trainer does.
+LT_COUNTS = [40, 30, 22, 16, 12, 9, 7, 5, 4, 3]
+
+
+def built(name: str, model: nn.Module) -> objectives.Objective:
+    """``name`` with defaults, after ``on_train_begin`` (2 epochs, the split above) and ``on_epoch_begin(1)``."""
+    g = torch.Generator().manual_seed(99)
+    y = torch.repeat_interleave(torch.arange(10), torch.tensor(LT_COUNTS))
+    x = torch.rand(len(y), 1, 8, 8, generator=g)
+    objective = objectives.build(name)
+    objective.on_train_begin(model, class_counts=LT_COUNTS, epochs=2, train=(x, y))
+    objective.on_epoch_begin(model, epoch=1)
+    return objective
+
+
 # MART's boosted loss is not CE at ε = 0 (it adds −log(1 − max_{k≠y} p_k)); its own tests check ε = 0.
 ADVERSARIAL_OBJECTIVES = [n for n in objectives.available() if hasattr(objectives.build(n), "threat")
                           and getattr(objectives.OBJECTIVES.get(n), "reduces_to_clean_ce", True)]
@@ -171,7 +186,7 @@ class TestObjectiveContract:
         model = small_model(dropout=False)
         model.train()
         x, y = batch()
-        out = objectives.build(name)(model, x, y, generator=seeded())
+        out = built(name, model)(model, x, y, generator=seeded())
         assert out.loss.shape == (B,)
         assert torch.isfinite(out.loss).all()
         assert out.logits.shape == (B, 10)
@@ -183,15 +198,15 @@ class TestObjectiveContract:
             model = small_model()
             model.train(training)
             flags = [p.requires_grad for p in model.parameters()]
-            objectives.build(name)(model, *batch(), generator=seeded())
+            built(name, model)(model, *batch(), generator=seeded())
             assert [m.training for m in model.modules()] == [training] * len(list(model.modules()))
             assert [p.requires_grad for p in model.parameters()] == flags
 
     def test_deterministic_under_seed(self, name: str) -> None:
         x, y = batch()
         model = small_model(batch_norm=False, dropout=False)
-        a = objectives.build(name)(model, x, y, generator=seeded(5)).loss
-        b = objectives.build(name)(model, x, y, generator=seeded(5)).loss
+        a = built(name, model)(model, x, y, generator=seeded(5)).loss
+        b = built(name, model)(model, x, y, generator=seeded(5)).loss
         assert torch.equal(a, b)
 
     def test_batch_independence(self, name: str) -> None:
@@ -201,8 +216,8 @@ class TestObjectiveContract:
         x, y = batch(0)
         x_mixed, y_mixed = batch(1)
         x_mixed[0], y_mixed[0] = x[0], y[0]
-        a = objectives.build(name)(model, x, y, generator=seeded(2)).loss[0]
-        b = objectives.build(name)(model, x_mixed, y_mixed, generator=seeded(2)).loss[0]
+        a = built(name, model)(model, x, y, generator=seeded(2)).loss[0]
+        b = built(name, model)(model, x_mixed, y_mixed, generator=seeded(2)).loss[0]
         torch.testing.assert_close(a, b)
 
 @pytest.mark.parametrize("name", ADVERSARIAL_OBJECTIVES)

@@ -109,7 +109,7 @@ def run_experiment(
     notify(f"training {config.model.name} with {objective.name} on {train_data.name} → {out}")
     trainer = Trainer(
         model=model, objective=objective, train=(train_data.x, train_data.y), val=(test_data.x, test_data.y),
-        config=train_cfg, val_threat=threat, out_dir=out,
+        config=train_cfg, val_threat=threat, out_dir=out, num_classes=train_data.num_classes,
     )
     result = trainer.fit(resume=resume)
     model = trainer.accelerator.unwrap_model(trainer.model)

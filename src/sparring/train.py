@@ -155,6 +155,7 @@ class Trainer:
         val: validation inputs and labels for per-epoch clean / robust accuracy (and early stopping).
         val_threat: threat model of the robust validation pass (default: the objective's ``threat``).
         out_dir: run folder; ``metrics.jsonl`` and ``checkpoints/`` go there. None: nothing written.
+        num_classes: K, for the per-class training counts handed to the objective (default: max label + 1).
     """
 
     def __init__(
@@ -167,6 +168,7 @@ class Trainer:
         config: TrainConfig | None = None,
         val_threat: ThreatModel | None = None,
         out_dir: Path | None = None,
+        num_classes: int | None = None,
     ) -> None:
         self.cfg = config or TrainConfig()
         self.objective = objective
@@ -186,6 +188,9 @@ class Trainer:
             gradient_accumulation_steps=self.cfg.grad_accumulation,
         )
         x, y = train
+        self.train_data = (x, y)
+        k = num_classes if num_classes is not None else int(y.max()) + 1 if len(y) else 0
+        self.class_counts = torch.bincount(y.long().cpu(), minlength=k).tolist()
         self.sampler = EpochSampler(len(x), self.cfg.seed)
         loader = DataLoader(TensorDataset(x, y), batch_size=self.cfg.batch_size, sampler=self.sampler)
         optimizer = _make_optimizer(model, self.cfg)
@@ -214,6 +219,9 @@ class Trainer:
             )
         stopped_early = False
         started = time.perf_counter()
+        self.objective.on_train_begin(
+            self.model, class_counts=self.class_counts, epochs=cfg.epochs, train=self.train_data
+        )
         with self._progress() as progress:
             batches = len(self.loader)
             task = progress.add_task("train", total=cfg.epochs * batches, completed=start_epoch * batches)
@@ -258,6 +266,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, tick: Any) -> dict[str, Any]:
         model, acc = self.model, self.accelerator
+        scheduled = self.objective.on_epoch_begin(model, epoch=epoch)
         model.train()
         # Through the prepared loader: accelerate's DataLoaderShard re-applies its own epoch counter
         # to the sampler on every __iter__, so setting the sampler directly would be overwritten.
@@ -296,6 +305,7 @@ class Trainer:
             "time_s": time.perf_counter() - started,
         }
         record.update({f"train_{k}": float(v) / seen for k, v in extra.items()})
+        record.update(scheduled)
         return record
 
     @torch.no_grad()

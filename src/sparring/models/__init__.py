@@ -15,6 +15,7 @@ from torch import nn
 
 from sparring.errors import ConfigError
 from sparring.models.base import MODELS
+from sparring.models.features import classifier_head, logits_and_features
 from sparring.models.mlp import MLP
 from sparring.models.normalize import (
     CIFAR10_MEAN,
@@ -63,6 +64,8 @@ __all__ = [
     "WideResNet",
     "available",
     "build_model",
+    "classifier_head",
+    "logits_and_features",
     "settings_of",
     "with_normalization",
 ]

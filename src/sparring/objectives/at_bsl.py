@@ -11,8 +11,8 @@ attack as PGD-AT (ε = 8/255, PGD-10, α = ε/4, random start); the paper adds s
 belongs to the data pipeline, not here. ``inner_balanced=True`` also runs the attack on the BSL instead
 of plain CE. Without ``class_counts`` (or with equal counts) the loss is exactly PGD-AT's.
 
-The counts are a field because the trainer does not pass them: compute them from the training labels,
-e.g. ``torch.bincount(train.y, minlength=K).tolist()``, or set ``objective.class_counts`` in the config.
+The :class:`~sparring.train.Trainer` fills ``class_counts`` from the training split when it is not set
+(:meth:`on_train_begin`); in a loop of your own, pass ``torch.bincount(train_y, minlength=K).tolist()``.
 """
 
 from __future__ import annotations
@@ -61,6 +61,16 @@ class ATBSL(Objective):
                     f"class_counts must list >= 2 positive counts (one per class), got {self.class_counts}; "
                     "compute them with torch.bincount(train_labels, minlength=num_classes)"
                 )
+
+    def on_train_begin(
+        self, model: nn.Module, *, class_counts: list[int], epochs: int, train: tuple[Tensor, Tensor] | None = None
+    ) -> None:
+        if self.class_counts is None:
+            if any(n <= 0 for n in class_counts):
+                raise ConfigError(f"AT-BSL needs every class in the training split; counts are {class_counts}")
+            self.class_counts = list(class_counts)
+            self._log_prior.clear()
+        super().on_train_begin(model, class_counts=class_counts, epochs=epochs, train=train)
 
     def log_prior(self, logits: Tensor) -> Tensor | None:
         """``τ_b · log n`` as a (K,) tensor on the logits' device (cached), or ``None`` without counts."""

@@ -2,8 +2,18 @@
 
 An objective decides what the model is trained on (clean inputs, adversarial inputs, a KL between
 the two, ...). It returns a (B,) loss, never a reduced scalar, so wrappers (DRO reweighting, class-wise
-budgets) compose with any objective; the trainer takes the mean. Objectives that watch training
-(fast AT's catastrophic-overfitting detector) implement :meth:`Objective.on_epoch_end`.
+budgets) compose with any objective; the trainer takes the mean.
+
+Lifecycle hooks, called by the :class:`~sparring.train.Trainer` (call them yourself in a loop of your own):
+
+* :meth:`Objective.on_train_begin` once, with the training split's class counts, the number of epochs and
+  the training tensors (long-tail methods need the counts, warm-ups the epochs, MCAT the data);
+* :meth:`Objective.on_epoch_begin` before each epoch (schedules such as RobustLT's budget warm-up);
+* :meth:`Objective.on_epoch_end` after each epoch (fast AT's catastrophic-overfitting detector).
+
+Each returns metrics to log (``on_train_begin`` returns nothing). By default every hook is forwarded to
+the objectives this one wraps (dataclass fields holding an :class:`Objective`, e.g. DRO's ``base``), so a
+wrapper only overrides a hook when it has work of its own — and then calls ``super()`` to keep forwarding.
 """
 
 from __future__ import annotations
@@ -41,6 +51,24 @@ class Objective(ABC):
     ) -> ObjectiveOutput:
         """Per-example training losses for the batch ``(x, y)``; the model is left in the mode it had."""
 
+    def wrapped(self) -> list[Objective]:
+        """The objectives this one wraps (fields holding an Objective), in field order."""
+        return [v for f in fields(self) if isinstance(v := getattr(self, f.name), Objective)]
+
+    def on_train_begin(
+        self, model: nn.Module, *, class_counts: list[int], epochs: int, train: tuple[Tensor, Tensor] | None = None
+    ) -> None:
+        """Once before training: per-class training counts (length K), total epochs, the training tensors."""
+        for inner in self.wrapped():
+            inner.on_train_begin(model, class_counts=class_counts, epochs=epochs, train=train)
+
+    def on_epoch_begin(self, model: nn.Module, *, epoch: int) -> dict[str, Any]:
+        """Before epoch ``epoch`` (0-indexed); returns metrics to log with that epoch (default: the wrapped ones')."""
+        out: dict[str, Any] = {}
+        for inner in self.wrapped():
+            out.update(inner.on_epoch_begin(model, epoch=epoch))
+        return out
+
     def on_epoch_end(
         self,
         model: nn.Module,
@@ -49,15 +77,21 @@ class Objective(ABC):
         holdout: tuple[Tensor, Tensor] | None,
         generator: torch.Generator | None = None,
     ) -> dict[str, Any]:
-        """Called by the trainer after each epoch; returns metrics to log (default: none)."""
-        return {}
+        """After each epoch; returns metrics to log (default: the wrapped objectives')."""
+        out: dict[str, Any] = {}
+        for inner in self.wrapped():
+            out.update(inner.on_epoch_end(model, epoch=epoch, holdout=holdout, generator=generator))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serializable state that must survive a resume (default: none)."""
-        return {}
+        """JSON-serializable state that must survive a resume (default: the wrapped objectives', by field)."""
+        return {f.name: v.state_dict() for f in fields(self) if isinstance(v := getattr(self, f.name), Objective)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        del state
+        for f in fields(self):
+            inner = getattr(self, f.name)
+            if isinstance(inner, Objective):
+                inner.load_state_dict(state.get(f.name, {}))
 
     def describe(self) -> dict[str, Any]:
         """Name and settings as plain data (for reports and configs)."""

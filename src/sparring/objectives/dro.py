@@ -196,24 +196,13 @@ class DRO(Objective):
         }
         return ObjectiveOutput(loss=loss, logits=out.logits, metrics=metrics)
 
-    def on_epoch_end(
-        self,
-        model: nn.Module,
-        *,
-        epoch: int,
-        holdout: tuple[Tensor, Tensor] | None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, Any]:
-        """The base objective's epoch hook (e.g. fast AT's catastrophic-overfitting detector)."""
-        return self.base.on_epoch_end(model, epoch=epoch, holdout=holdout, generator=generator)
-
     def state_dict(self) -> dict[str, Any]:
-        return {"eta": float(self._eta), "base": self.base.state_dict()}
+        return {**super().state_dict(), "eta": float(self._eta)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "eta" in state:
             self._eta = torch.tensor(float(state["eta"]))
-        self.base.load_state_dict(state.get("base", {}))
+        super().load_state_dict(state)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "current_temperature": float(self.current_temperature())}
