@@ -136,6 +136,32 @@ class Evaluation:
         }
 
 
+def long_tail_summary(per_class: list[dict[str, Any]], class_counts: Sequence[int] | None) -> dict[str, Any] | None:
+    """Head / medium / tail accuracy (clean and robust) from per-class rows and training class counts.
+
+    Classes are ranked by training count (most frequent first, ties by index); the top third (rounded)
+    is the head, the bottom third the tail, the rest medium — CIFAR-10-LT's usual 3 / 4 / 3 split. A
+    group's accuracy is the mean of its classes' accuracies (balanced within the group). ``None`` when the
+    counts are unknown, do not match the classes, or are all equal (no long tail to speak of).
+    """
+    k = len(per_class)
+    if class_counts is None or len(class_counts) != k or k < 3 or len(set(class_counts)) == 1:
+        return None
+    order = sorted(range(k), key=lambda c: (-int(class_counts[c]), c))
+    third = max(1, round(k / 3))
+    groups = {"head": order[:third], "medium": order[third:k - third], "tail": order[k - third:]}
+    out: dict[str, Any] = {"imbalance_ratio": max(class_counts) / max(min(class_counts), 1), "split": "rank thirds"}
+    for group, members in groups.items():
+        present = [per_class[c] for c in members if per_class[c]["n"]]
+        out[group] = {
+            "classes": members,
+            "train_samples": int(sum(class_counts[c] for c in members)),
+            "clean": sum(r["clean_accuracy"] for r in present) / len(present) if present else None,
+            "robust": sum(r["robust_accuracy"] for r in present) / len(present) if present else None,
+        }
+    return out
+
+
 def evaluate(
     model: nn.Module,
     data: Dataset | tuple[Tensor, Tensor],

@@ -29,7 +29,7 @@ from sparring.context import device_of
 from sparring.data import Dataset, load_data, long_tail
 from sparring.errors import DataError, RunFolderError
 from sparring.eval_state import barrier, is_main_process
-from sparring.evaluate import Evaluation, evaluate
+from sparring.evaluate import Evaluation, evaluate, long_tail_summary
 from sparring.files import atomic_write_json, atomic_write_text
 from sparring.models import build_model, with_normalization
 from sparring.objectives import Objective
@@ -150,6 +150,11 @@ def build_report(
     training: TrainResult | None,
 ) -> dict[str, Any]:
     """Assemble report.json (schema in docs/report.md)."""
+    summary = evaluation.to_dict()
+    counts = data.get("train_class_counts")
+    if counts is not None and len(counts) == len(summary["per_class"]):
+        for row, count in zip(summary["per_class"], counts, strict=True):
+            row["train_count"] = int(count)
     return {
         "schema_version": 1,
         "sparring_version": sparring.__version__,
@@ -159,7 +164,8 @@ def build_report(
         "objective_config": objective,
         "model": model,
         "data": data,
-        **evaluation.to_dict(),
+        **summary,
+        "long_tail": long_tail_summary(summary["per_class"], counts),
         "training": training.summary() if training is not None else None,
     }
 

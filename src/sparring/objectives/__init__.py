@@ -15,6 +15,7 @@ from sparring.objectives.free_at import FreeAT
 from sparring.objectives.mart import MART
 from sparring.objectives.pgd_at import PGDAT
 from sparring.objectives.predicted_fgsm import PredictedFGSM
+from sparring.objectives.robustlt import RobustLT
 from sparring.objectives.standard import Standard
 from sparring.objectives.trades import TRADES
 
@@ -31,5 +32,5 @@ def build(name: str, **settings: Any) -> Objective:
 
 __all__ = [
     "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT", "PredictedFGSM",
-    "MART", "ATBSL", "FreeAT", "DRO", "CatastrophicOverfittingWarning", "available", "build", "threat_of",
+    "MART", "ATBSL", "FreeAT", "DRO", "RobustLT", "CatastrophicOverfittingWarning", "available", "build", "threat_of",
 ]

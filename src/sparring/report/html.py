@@ -165,7 +165,34 @@ def _headline(report: Mapping[str, Any]) -> list[dict[str, str]]:
             {"label": f"balanced {name}", "value": format_accuracy(acc), "kind": "balanced"}
             for name, acc in balanced.items()
         ]
+    tail = (report.get("long_tail") or {}).get("tail") if isinstance(report.get("long_tail"), dict) else None
+    if isinstance(tail, dict):
+        rows += [
+            {"label": f"tail classes {name}", "value": format_accuracy(tail.get(name)), "kind": "balanced"}
+            for name in ("clean", "robust")
+        ]
     return rows
+
+
+def _long_tail(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    summary = report.get("long_tail")
+    if not isinstance(summary, dict):
+        return None
+    rows = [
+        {
+            "group": group,
+            "classes": ", ".join(str(c) for c in summary[group].get("classes", [])),
+            "train": str(summary[group].get("train_samples", "—")),
+            "clean": format_accuracy(summary[group].get("clean")),
+            "robust": format_accuracy(summary[group].get("robust")),
+        }
+        for group in ("head", "medium", "tail")
+        if isinstance(summary.get(group), dict)
+    ]
+    if not rows:
+        return None
+    ratio = summary.get("imbalance_ratio")
+    return {"rows": rows, "ratio": f"{ratio:.3g}" if is_number(ratio) else "—"}
 
 
 def _meta(report: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -239,6 +266,7 @@ def _per_class(report: Mapping[str, Any]) -> list[dict[str, str]]:
             "cls": str(r.get("class", "")),
             "name": str(r.get("name", r.get("class", ""))),
             "n": str(r.get("n", "—")),
+            "train": str(r.get("train_count", "—")),
             "clean": format_accuracy(r.get("clean_accuracy")),
             "robust": format_accuracy(r.get("robust_accuracy")),
             "lowest": lowest is not None and r.get("robust_accuracy") == lowest,
@@ -296,6 +324,7 @@ def render_report(
         "attacks": _attacks(report),
         "suite": report.get("suite"),
         "per_class": _per_class(report),
+        "long_tail": _long_tail(report),
         "training": _training(report),
         "objective_config": json.dumps(report.get("objective_config"), indent=2, ensure_ascii=False)
         if report.get("objective_config") is not None

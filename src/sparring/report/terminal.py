@@ -42,6 +42,10 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     balanced = report.get("balanced_accuracy")
     if isinstance(balanced, dict) and "robust" in balanced:
         table.add_row("balanced robust", format_accuracy(balanced["robust"]), "[dim]mean of per-class accuracies[/]")
+    long_tail = report.get("long_tail")
+    if isinstance(long_tail, dict) and isinstance(long_tail.get("tail"), dict):
+        tail_robust = format_accuracy(long_tail["tail"].get("robust"))
+        table.add_row("tail robust", tail_robust, "[dim]rarest third of classes[/]")
     checks = [c for c in report.get("checks", []) if isinstance(c, dict)]
     if checks:
         table.add_section()
