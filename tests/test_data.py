@@ -295,3 +295,24 @@ def test_long_tail_rejects_bad_ratio() -> None:
         long_tail(_toy([5, 5]), imbalance_ratio=0.5)
     with pytest.raises(DataError, match="tail class would be empty"):
         long_tail(_toy([5, 5]), imbalance_ratio=100.0)
+
+
+def test_mnist1d_is_generated_offline_scaled_and_deterministic() -> None:
+    import random
+
+    from sparring.data import load_mnist1d
+
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy(), random.getstate()
+    train, test = load_mnist1d(num_samples=200, seed=3)
+    assert np.array_equal(np.random.get_state()[1], before[0]) and random.getstate() == before[1]  # global RNG kept
+    assert train.x.shape == (160, 40) and test.x.shape == (40, 40) and train.num_classes == 10
+    assert float(train.x.min()) == 0.0 and float(train.x.max()) == 1.0
+    assert 0.0 <= float(test.x.min()) and float(test.x.max()) <= 1.0
+    assert set(train.y.tolist()) == set(range(10))
+    again, _ = load_mnist1d(num_samples=200, seed=3)
+    assert torch.equal(train.x, again.x) and torch.equal(train.y, again.y)
+    other, _ = load_mnist1d(num_samples=200, seed=4)
+    assert not torch.equal(train.x, other.x)
+    with pytest.raises(DataError, match="num_samples"):
+        load_mnist1d(num_samples=5)

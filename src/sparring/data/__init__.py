@@ -1,8 +1,8 @@
 """Data: in-memory classification data sets and the loaders that make them.
 
 ``load_data(source)`` returns ``(train, test)`` :class:`Dataset` pairs for ``"digits"`` (scikit-learn,
-offline), ``"cifar10"`` / ``"cifar100"`` (the python release under ``root``) or a path to an ``.npz`` file.
-Nothing is downloaded. ``long_tail`` makes an exponentially imbalanced subset.
+offline), ``"mnist1d"`` (generated in code), ``"cifar10"`` / ``"cifar100"`` (the python release under
+``root``) or a path to an ``.npz`` file. Nothing is downloaded. ``long_tail`` makes an exponentially imbalanced subset.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from sparring.data.cifar import LAYOUTS, load_cifar
 from sparring.data.dataset import Dataset, stratified_split
 from sparring.data.digits import load_digits
 from sparring.data.longtail import long_tail, long_tail_counts
+from sparring.data.mnist1d import load_mnist1d
 from sparring.data.npz import load_npz
 from sparring.errors import DataError
 
-SOURCES = ("digits", "cifar10", "cifar100")
+SOURCES = ("digits", "mnist1d", "cifar10", "cifar100")
 
 
 def load_data(
@@ -28,7 +29,7 @@ def load_data(
     """(train, test) for a named source or an ``.npz`` path.
 
     Args:
-        source: ``"digits"``, ``"cifar10"``, ``"cifar100"`` or a path ending in ``.npz``.
+        source: ``"digits"``, ``"mnist1d"``, ``"cifar10"``, ``"cifar100"`` or a path ending in ``.npz``.
         root: for CIFAR, the extracted release folder, a folder containing it, or the ``.tar.gz`` archive.
         test_fraction: share of each class held out, for sources without an official split (digits, npz
             without ``x_test``).
@@ -41,6 +42,8 @@ def load_data(
         return load_npz(source, test_fraction=test_fraction, seed=seed, num_classes=num_classes)
     if source == "digits":
         train, test = load_digits(test_fraction=test_fraction, seed=seed)
+    elif source == "mnist1d":
+        train, test = load_mnist1d()  # the package's fixed split and seed: the benchmark everyone uses
     elif source in LAYOUTS:
         train, test = load_cifar(source, root=root)
     else:
@@ -56,6 +59,7 @@ __all__ = [
     "load_cifar",
     "load_data",
     "load_digits",
+    "load_mnist1d",
     "load_npz",
     "long_tail",
     "long_tail_counts",
