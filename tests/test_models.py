@@ -24,6 +24,7 @@ from sparring.models import (
 # checked on CIFAR shapes by parameter count below.
 SMALL: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {
     "mlp": ((20,), {"hidden": (16,)}),
+    "cnn1d": ((40,), {"width": 8}),
     "small_cnn": ((1, 8, 8), {}),
     "wide_resnet": ((3, 16, 16), {"depth": 10, "widen_factor": 1}),
 }
@@ -82,6 +83,26 @@ def test_small_cnn_sizes() -> None:
         assert model(torch.rand(3, *shape)).shape == (3, 10)
     bn = build_model("small_cnn", input_shape=(1, 8, 8), num_classes=10, batch_norm=True)
     assert any(isinstance(m, nn.BatchNorm2d) for m in bn.modules())
+
+
+def test_cnn1d_signals_and_channels() -> None:
+    assert build_model("cnn1d", input_shape=(40,), num_classes=10)(torch.rand(3, 40)).shape == (3, 10)
+    assert build_model("cnn1d", input_shape=(2, 37), num_classes=4)(torch.rand(3, 2, 37)).shape == (3, 4)
+    with pytest.raises(ConfigError, match="signal input_shape"):
+        build_model("cnn1d", input_shape=(1, 8, 8), num_classes=10)
+
+
+def test_penultimate_features_of_every_architecture() -> None:
+    from sparring.models import classifier_head, logits_and_features
+
+    for name, (shape, settings) in {**SMALL, "preact_resnet18": ((3, 8, 8), {})}.items():
+        model = build_model(name, input_shape=shape, num_classes=5, **settings).eval()
+        x = torch.rand(2, *shape)
+        logits, features = logits_and_features(model, x)
+        head = classifier_head(model)
+        assert features.shape == (2, head.in_features)
+        torch.testing.assert_close(logits, head(features))
+        torch.testing.assert_close(logits, model(x))
 
 
 def test_mlp_any_shape_and_linear() -> None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from sparring.errors import ConfigError
 from sparring.models.base import MODELS
+from sparring.models.cnn1d import CNN1D
 from sparring.models.features import classifier_head, logits_and_features
 from sparring.models.mlp import MLP
 from sparring.models.normalize import (
@@ -56,6 +57,7 @@ __all__ = [
     "CIFAR10_STD",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
+    "CNN1D",
     "MLP",
     "MODELS",
     "Normalize",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparring.objectives.at_bsl import ATBSL
+from sparring.objectives.awp import AWP
 from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput, threat_of
 from sparring.objectives.dro import DRO
 from sparring.objectives.fast_at import CatastrophicOverfittingWarning, FastAT
@@ -15,6 +16,7 @@ from sparring.objectives.free_at import FreeAT
 from sparring.objectives.mart import MART
 from sparring.objectives.pgd_at import PGDAT
 from sparring.objectives.predicted_fgsm import PredictedFGSM
+from sparring.objectives.raat import RAAT
 from sparring.objectives.robustlt import RobustLT
 from sparring.objectives.standard import Standard
 from sparring.objectives.trades import TRADES
@@ -32,5 +34,6 @@ def build(name: str, **settings: Any) -> Objective:
 
 __all__ = [
     "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT", "PredictedFGSM",
-    "MART", "ATBSL", "FreeAT", "DRO", "RobustLT", "CatastrophicOverfittingWarning", "available", "build", "threat_of",
+    "MART", "ATBSL", "FreeAT", "DRO", "RobustLT", "AWP", "RAAT", "CatastrophicOverfittingWarning", "available",
+    "build", "threat_of",
 ]
