@@ -19,7 +19,7 @@ from sparring.checkpoint import CheckpointDir
 from sparring.errors import ConfigError, SparringError
 from sparring.losses import cross_entropy
 from sparring.models import build_model
-from sparring.objectives import PGDAT, Objective, ObjectiveOutput, Standard
+from sparring.objectives import PGDAT, TRADES, Objective, ObjectiveOutput, Standard
 from sparring.threat import LinfBall
 from sparring.train import TrainConfig, Trainer, lr_factor
 
@@ -104,6 +104,15 @@ def test_pgd_at_runs_and_logs_attack_success(digits, tiny_mlp, tmp_path):
     assert [r["train_attack_success"] for r in read_metrics(tmp_path)] == [
         r["train_attack_success"] for r in result.history
     ]
+
+
+def test_trades_with_a_short_last_batch_logs_only_scalar_metrics(digits, tiny_mlp):
+    train, _ = digits
+    objective = TRADES(threat=LinfBall(eps=0.1), steps=2)
+    result = Trainer(model=tiny_mlp(), objective=objective, train=subset(train, 100),
+                     config=fast_config(epochs=1, batch_size=64)).fit()  # batches of 64 and 36
+    record = result.history[0]
+    assert math.isfinite(record["train_kl"]) and "train_kl_per_example" not in record
 
 
 def test_metrics_jsonl_one_line_per_epoch_with_documented_keys(digits, tiny_mlp, tmp_path):

@@ -291,7 +291,9 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct += (out.logits.detach().argmax(1) == y).sum()
             for key, value in out.metrics.items():
-                extra[key] = extra.get(key, 0.0) + torch.as_tensor(value, dtype=torch.float32) * len(y)
+                value = torch.as_tensor(value, dtype=torch.float32)
+                if value.numel() == 1:  # per-example diagnostics (TRADES's kl_per_example) are not logged
+                    extra[key] = extra.get(key, 0.0) + value.reshape(()) * len(y)
             seen += len(y)
             tick()
         if not torch.isfinite(loss_sum):  # checked once per epoch: no host sync per step

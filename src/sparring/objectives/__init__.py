@@ -14,6 +14,7 @@ from sparring.objectives.dro import DRO
 from sparring.objectives.fast_at import CatastrophicOverfittingWarning, FastAT
 from sparring.objectives.free_at import FreeAT
 from sparring.objectives.mart import MART
+from sparring.objectives.mcat import MCAT
 from sparring.objectives.pgd_at import PGDAT
 from sparring.objectives.predicted_fgsm import PredictedFGSM
 from sparring.objectives.raat import RAAT
@@ -34,6 +35,6 @@ def build(name: str, **settings: Any) -> Objective:
 
 __all__ = [
     "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT", "PredictedFGSM",
-    "MART", "ATBSL", "FreeAT", "DRO", "RobustLT", "AWP", "RAAT", "CatastrophicOverfittingWarning", "available",
+    "MART", "ATBSL", "FreeAT", "DRO", "RobustLT", "AWP", "RAAT", "MCAT", "CatastrophicOverfittingWarning", "available",
     "build", "threat_of",
 ]
