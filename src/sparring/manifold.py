@@ -34,9 +34,8 @@ set for ResNet features of O(1) per coordinate); and a step that does not lower 
 row's step size halved (plain gradient descent whenever the steps succeed, never worse than the start when lr is too
 large for a sharply curved generator).
 
-Costs: the batched forward evaluates all K class MLPs on every row and keeps the row's own class (one einsum per layer,
-no host synchronization, no per-sample loops): K times the arithmetic of a per-class dispatch, negligible at K ≤ 100
-for these widths. Fitting groups rows by class instead.
+Costs: a batch is sorted by class once (:func:`class_groups`, one host synchronization per distance call, not per
+latent step) and each class's rows go through its own MLP, so a row costs one MLP whatever K is.
 """
 
 from __future__ import annotations
@@ -65,6 +64,20 @@ def default_hidden(feature_dim: int) -> int:
     return max(64, min(256, feature_dim))
 
 
+ClassGroups = tuple[Tensor, Tensor, list[int]]
+
+
+def class_groups(y: Tensor, num_classes: int) -> ClassGroups:
+    """``(order, inverse, counts)``: the rows sorted by label, the permutation back, rows per class.
+
+    One host synchronization (the counts); compute it once per batch and pass it to every forward.
+    """
+    order = torch.argsort(y, stable=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(y), device=y.device)
+    return order, inverse, torch.bincount(y, minlength=num_classes).tolist()
+
+
 class _ClassMLPs(nn.Module):
     """K independent MLPs ``sizes[0] → … → sizes[-1]`` (ReLU between layers, linear output), weights stacked."""
 
@@ -79,12 +92,19 @@ class _ClassMLPs(nn.Module):
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(b))
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """Row i through MLP ``y_i``: x (B, in), y (B,) → (B, out). Runs every class's MLP on every row."""
-        h = torch.einsum("bi,kio->bko", x, self.weights[0]) + self.biases[0]  # (B, K, h)
-        for w, b in zip(self.weights[1:], self.biases[1:], strict=True):
-            h = torch.einsum("bki,kio->bko", h.relu(), w) + b
-        return h.gather(1, y[:, None, None].expand(-1, 1, h.shape[-1])).squeeze(1)
+    def forward(self, x: Tensor, y: Tensor, groups: ClassGroups | None = None) -> Tensor:
+        """Row i through MLP ``y_i``: x (B, in), y (B,) → (B, out); ``groups`` = :func:`class_groups` of y.
+
+        Rows are sorted by class and each class's slice goes through its own MLP (one matmul per class
+        and layer), so a row costs one MLP whatever K is.
+        """
+        order, inverse, counts = groups if groups is not None else class_groups(y, len(self.biases[0]))
+        parts, start = [], 0
+        for c, n in enumerate(counts):
+            if n:
+                parts.append(self.forward_class(x[order[start:start + n]], c))
+            start += n
+        return torch.cat(parts)[inverse]
 
     def forward_class(self, x: Tensor, c: int) -> Tensor:
         """Rows of one class through MLP ``c``: x (n, in) → (n, out)."""
@@ -137,19 +157,19 @@ class ClassGenerators(nn.Module):
     def has_encoder(self) -> bool:
         return self.encoder is not None
 
-    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+    def forward(self, z: Tensor, y: Tensor, groups: ClassGroups | None = None) -> Tensor:
         """``G_{y_i}(z_i)``: z (B, d_z), y (B,) → (B, d_f)."""
-        return self.center[y] + self.scale * self.decoder(z, y)
+        return self.center[y] + self.scale * self.decoder(z, y, groups)
 
     def standardized(self, u: Tensor, y: Tensor) -> Tensor:
         """``(u − μ_y) / s``: features in the units the MLPs work in, (B, d_f)."""
         return (u - self.center[y]) / self.scale
 
-    def encode(self, u: Tensor, y: Tensor) -> Tensor:
+    def encode(self, u: Tensor, y: Tensor, groups: ClassGroups | None = None) -> Tensor:
         """``E_{y_i}(u_i)``: u (B, d_f) → (B, d_z); needs ``encoder=True``."""
         if self.encoder is None:
             raise ConfigError("these generators have no encoder: build them with encoder=True (fit='autoencoder')")
-        return self.encoder(self.standardized(u, y), y)
+        return self.encoder(self.standardized(u, y), y, groups)
 
     def sample(self, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """``G_{y_i}(z_i)`` with z_i ~ N(0, I): points on the class manifolds, (B, d_f)."""
@@ -294,10 +314,11 @@ def manifold_distance(
     if u.dim() != 2 or u.shape[1] != generators.feature_dim:
         raise DataError(f"features must be (B, {generators.feature_dim}), got {tuple(u.shape)}")
     use_encoder = init == "encoder" or (init == "auto" and generators.has_encoder)
+    groups = class_groups(y, generators.num_classes)
     with frozen_model(generators), torch.enable_grad():
         target = generators.standardized(u.detach().float(), y)  # (B, d_f), in units of s
         if use_encoder:
-            z = generators.encode(u.detach().float(), y).detach()
+            z = generators.encode(u.detach().float(), y, groups).detach()
         else:
             z = _randn(len(y), generators.latent_dim, generator, u.device)
         best_z, best_grad = z, torch.zeros_like(z)
@@ -305,7 +326,7 @@ def manifold_distance(
         step_size = torch.full((len(y), 1), lr, device=u.device)  # per row: halved when a step fails
         for step in range(steps + 1):
             z = z.detach().requires_grad_(step < steps)
-            residual = (target - generators.decoder(z, y)).pow(2).sum(1)  # (B,)
+            residual = (target - generators.decoder(z, y, groups)).pow(2).sum(1)  # (B,)
             grad = torch.autograd.grad(residual.sum(), z)[0] if step < steps else best_grad
             with torch.no_grad():
                 better = residual < best
@@ -317,8 +338,8 @@ def manifold_distance(
         best_z = best_z.detach()
         if not differentiable:
             with torch.no_grad():
-                return (u.detach().float() - generators(best_z, y)).pow(2).sum(1)
-        return (u.float() - generators(best_z, y)).pow(2).sum(1)
+                return (u.detach().float() - generators(best_z, y, groups)).pow(2).sum(1)
+        return (u.float() - generators(best_z, y, groups)).pow(2).sum(1)
 
 
 def _on(generator: torch.Generator | None) -> torch.device | None:
