@@ -11,7 +11,8 @@ from sparring.attacks import FGSM, PGD
 from sparring.config import RunConfig, load_config, parse_config
 from sparring.errors import ConfigError
 from sparring.experiment import demo_config_path
-from sparring.objectives import PGDAT, Standard
+from sparring.objectives import PGDAT, Standard, threat_of
+from sparring.objectives import available as objectives_available
 from sparring.threat import LinfBall
 
 PGD_AT = "objective: {name: pgd_at, threat: {norm: linf, eps: 0.1}}\n"
@@ -222,3 +223,25 @@ def test_eval_suite_or_custom_cascade():
                            "eval": {"attacks": [{"name": "apgd", "loss": "dlr"}, "square"]}})
     attacks = custom.build_suite()
     assert [a.label for a in attacks] == ["apgd_dlr", "square"]
+
+
+@pytest.mark.parametrize("name", objectives_available())
+def test_every_objective_builds_from_yaml_by_name(name: str) -> None:
+    config = parse_config({"objective": {"name": name}, "eval": {"threat": {"eps": 0.1}}})
+    assert config.build_objective().name == name
+
+
+def test_wrappers_nest_in_yaml() -> None:
+    raw = {
+        "objective": {
+            "name": "dro", "divergence": "cvar",
+            "base": {"name": "robustlt", "alpha": 0.4, "beta": 0.6,
+                     "base": {"name": "awp", "gamma": 0.01, "base": {"name": "trades", "threat": {"eps": 0.1}}}},
+        },
+    }
+    objective = parse_config(raw).build_objective()
+    assert objective.base.name == "robustlt" and objective.base.alpha == 0.4
+    assert objective.base.base.name == "awp" and objective.base.base.base.name == "trades"
+    assert threat_of(objective).eps == pytest.approx(0.1)  # the evaluation threat is found through three wrappers
+    described = objective.describe()
+    assert described["base"]["base"]["base"]["threat"]["eps"] == pytest.approx(0.1)
