@@ -244,3 +244,9 @@ def test_the_trainer_binds_its_optimizer_to_free_at(digits: tuple[Dataset, Datas
     trainer = Trainer(model=model, objective=objective, train=(train.x[:64], train.y[:64]),
                       config=TrainConfig(epochs=1, batch_size=32, progress=False))
     assert objective.optimizer is trainer.optimizer
+    from sparring.objectives import DRO
+
+    wrapped = FreeAT(threat=LinfBall(eps=0.1), replays=2)
+    trainer = Trainer(model=model, objective=DRO(base=wrapped), train=(train.x[:64], train.y[:64]),
+                      config=TrainConfig(epochs=1, batch_size=32, progress=False))
+    assert wrapped.optimizer is trainer.optimizer  # found through the wrapper

@@ -32,6 +32,7 @@ from sparring.checkpoint import CheckpointDir
 from sparring.errors import ConfigError, SparringError
 from sparring.files import atomic_write_text
 from sparring.objectives import Objective, threat_of
+from sparring.objectives.base import walk
 from sparring.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,9 @@ class Trainer:
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, loader, scheduler
         )
-        if hasattr(objective, "optimizer") and getattr(objective, "optimizer", None) is None:
-            objective.optimizer = self.optimizer  # objectives that replay a batch (Free-AT) step it themselves
+        for inner in walk(objective):  # objectives that replay a batch (Free-AT) step it themselves, even wrapped
+            if hasattr(inner, "optimizer") and getattr(inner, "optimizer", None) is None:
+                inner.optimizer = self.optimizer
         self.checkpoints = CheckpointDir(self.out_dir / "checkpoints") if self.out_dir else None
 
     # ------------------------------------------------------------------ fit

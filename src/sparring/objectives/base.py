@@ -98,6 +98,14 @@ class Objective(ABC):
         return {"name": self.name, **_plain(self)}
 
 
+def walk(objective: Objective) -> list[Objective]:
+    """``objective`` and every objective it wraps, depth first (DRO, then its base, then the base's base...)."""
+    out = [objective]
+    for inner in objective.wrapped():
+        out += walk(inner)
+    return out
+
+
 def threat_of(objective: Objective) -> Any:
     """The objective's training threat model, looking through wrappers (DRO's ``base``); None if it has none."""
     while objective is not None:
