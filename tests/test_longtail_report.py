@@ -31,6 +31,8 @@ def test_groups_by_training_frequency_rank() -> None:
 
 def test_no_groups_without_a_long_tail() -> None:
     assert long_tail_summary(rows([1.0] * 4, [0.5] * 4), [10] * 4) is None
+    assert long_tail_summary(rows([1.0] * 4, [0.5] * 4), [137, 130, 126, 131]) is None  # digits' natural spread
+    assert long_tail_summary(rows([1.0] * 4, [0.5] * 4), [20, 15, 12, 10]) is not None
     assert long_tail_summary(rows([1.0] * 4, [0.5] * 4), None) is None
     assert long_tail_summary(rows([1.0] * 4, [0.5] * 4), [10, 5]) is None
 

@@ -136,16 +136,22 @@ class Evaluation:
         }
 
 
+LONG_TAIL_MIN_RATIO = 2.0  # the imbalance from which a report shows head / medium / tail groups
+
+
 def long_tail_summary(per_class: list[dict[str, Any]], class_counts: Sequence[int] | None) -> dict[str, Any] | None:
     """Head / medium / tail accuracy (clean and robust) from per-class rows and training class counts.
 
     Classes are ranked by training count (most frequent first, ties by index); the top third (rounded)
     is the head, the bottom third the tail, the rest medium — CIFAR-10-LT's usual 3 / 4 / 3 split. A
     group's accuracy is the mean of its classes' accuracies (balanced within the group). ``None`` when the
-    counts are unknown, do not match the classes, or are all equal (no long tail to speak of).
+    counts are unknown, do not match the classes, or are nearly balanced (largest / smallest count below
+    :data:`LONG_TAIL_MIN_RATIO`): ranking classes by a few examples more or less means nothing.
     """
     k = len(per_class)
-    if class_counts is None or len(class_counts) != k or k < 3 or len(set(class_counts)) == 1:
+    if class_counts is None or len(class_counts) != k or k < 3:
+        return None
+    if max(class_counts) < LONG_TAIL_MIN_RATIO * max(min(class_counts), 1):
         return None
     order = sorted(range(k), key=lambda c: (-int(class_counts[c]), c))
     third = max(1, round(k / 3))
