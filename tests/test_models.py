@@ -25,6 +25,8 @@ from sparring.models import (
 SMALL: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {
     "mlp": ((20,), {"hidden": (16,)}),
     "cnn1d": ((40,), {"width": 8}),
+    "pointnet": ((32, 3), {"width": 16}),
+    "dgcnn": ((32, 3), {"width": 16, "embed": 64, "k": 8}),
     "small_cnn": ((1, 8, 8), {}),
     "wide_resnet": ((3, 16, 16), {"depth": 10, "widen_factor": 1}),
 }

@@ -15,7 +15,7 @@ from sparring.data.mnist1d import load_mnist1d
 from sparring.data.npz import load_npz
 from sparring.errors import DataError
 
-SOURCES = ("digits", "mnist1d", "cifar10", "cifar100")
+SOURCES = ("digits", "mnist1d", "shapes", "cifar10", "cifar100")
 
 
 def load_data(
@@ -29,7 +29,8 @@ def load_data(
     """(train, test) for a named source or an ``.npz`` path.
 
     Args:
-        source: ``"digits"``, ``"mnist1d"``, ``"cifar10"``, ``"cifar100"`` or a path ending in ``.npz``.
+        source: ``"digits"``, ``"mnist1d"``, ``"shapes"`` (procedural 3-D point clouds, (N, 256, 3)),
+            ``"cifar10"``, ``"cifar100"`` or a path ending in ``.npz``.
         root: for CIFAR, the extracted release folder, a folder containing it, or the ``.tar.gz`` archive.
         test_fraction: share of each class held out, for sources without an official split (digits, npz
             without ``x_test``).
@@ -44,6 +45,10 @@ def load_data(
         train, test = load_digits(test_fraction=test_fraction, seed=seed)
     elif source == "mnist1d":
         train, test = load_mnist1d()  # the package's fixed split and seed: the benchmark everyone uses
+    elif source == "shapes":
+        from sparring.points.data import load_shapes  # deferred: the point-cloud domain imports this package
+
+        train, test = load_shapes(test_fraction=test_fraction, seed=seed)
     elif source in LAYOUTS:
         train, test = load_cifar(source, root=root)
     else:

@@ -4,3 +4,31 @@ geometric features (kNN PCA curvature, normals, graph diffusion) and geometry-pr
 Point clouds are tensors (B, N, 3) of xyz coordinates, or (B, N, 3 + F) with per-point features after the
 coordinates. Attacks move the coordinates through the same core as images.
 """
+
+from sparring.points.data import (
+    SHAPES,
+    farthest_point_sample,
+    gather_points,
+    load_modelnet40,
+    load_scanobjectnn,
+    load_shapes,
+    normalize_unit_sphere,
+    procedural_shapes,
+    random_sample,
+)
+from sparring.points.geometry import (
+    intrinsic_features,
+    knn,
+    local_pca,
+    normals,
+    surface_variation,
+    tangent_jitter,
+    with_features,
+)
+from sparring.points.models import DGCNN, PointNet
+
+__all__ = [
+    "DGCNN", "PointNet", "SHAPES", "farthest_point_sample", "gather_points", "intrinsic_features", "knn",
+    "load_modelnet40", "load_scanobjectnn", "load_shapes", "local_pca", "normalize_unit_sphere", "normals",
+    "procedural_shapes", "random_sample", "surface_variation", "tangent_jitter", "with_features",
+]
