@@ -54,7 +54,7 @@ from torch.func import functional_call
 
 from sparring.attacks import Attack
 from sparring.errors import ConfigError
-from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
+from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput, holder_of, walk
 from sparring.objectives.pgd_at import PGDAT
 
 RngState = tuple[Tensor | None, Tensor, Tensor | None]
@@ -85,7 +85,7 @@ class AWP(Objective):
             raise ConfigError(f"AWP needs gamma >= 0 (relative weight-perturbation size, e.g. 5e-3), got {self.gamma}")
         if self.warmup_epochs < 0:
             raise ConfigError(f"AWP needs warmup_epochs >= 0, got {self.warmup_epochs}")
-        if any(hasattr(inner, "optimizer") for inner in _objectives(self.base)):
+        if any(hasattr(inner, "optimizer") for inner in walk(self.base)):
             raise ConfigError("AWP cannot wrap an objective that steps the optimizer itself (Free-AT); use PGD-AT")
         self._epoch = 0  # set by on_epoch_begin; not a field, so describe() and configs do not carry it
 
@@ -100,9 +100,9 @@ class AWP(Objective):
         if not (model.training and torch.is_grad_enabled()) or self._epoch < self.warmup_epochs or not weights:
             return self.base(model, x, y, generator=generator)  # evaluation, warm-up, or nothing to perturb
 
-        holder = _attack_holder(self.base)
+        holder = holder_of(self.base, "attack")
         attack = holder.attack if holder is not None else None
-        state = [(inner, dict(vars(inner))) for inner in _objectives(self.base)]
+        state = [(inner, dict(vars(inner))) for inner in walk(self.base)]
         rng = _rng_state(generator, x.device)
         recorder = _Recorder(attack, generator, x.device) if attack is not None else None
         try:
@@ -198,22 +198,6 @@ class _Replayer:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["recorder"].attack, name)
-
-
-def _objectives(objective: Objective) -> Iterator[Objective]:
-    """``objective`` and every objective it wraps, depth first."""
-    yield objective
-    for inner in objective.wrapped():
-        yield from _objectives(inner)
-
-
-def _attack_holder(objective: Objective | None) -> Any:
-    """The first objective along the ``.base`` chain that holds an ``attack`` field; None if none does."""
-    while objective is not None:
-        if isinstance(getattr(objective, "attack", None), Attack):
-            return objective
-        objective = getattr(objective, "base", None)
-    return None
 
 
 @contextlib.contextmanager

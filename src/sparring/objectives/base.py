@@ -106,14 +106,19 @@ def walk(objective: Objective) -> list[Objective]:
     return out
 
 
-def threat_of(objective: Objective) -> Any:
-    """The objective's training threat model, looking through wrappers (DRO's ``base``); None if it has none."""
+def holder_of(objective: Objective | None, attribute: str) -> Any:
+    """The first objective along the ``.base`` chain (the objective itself, then what it wraps) whose
+    ``attribute`` is set; None if none has it. Wrappers use it to find the threat or attack they adjust."""
     while objective is not None:
-        threat = getattr(objective, "threat", None)
-        if threat is not None:
-            return threat
+        if getattr(objective, attribute, None) is not None:
+            return objective
         objective = getattr(objective, "base", None)
     return None
+
+
+def threat_of(objective: Objective) -> Any:
+    """The objective's training threat model, looking through wrappers (DRO's ``base``); None if it has none."""
+    return getattr(holder_of(objective, "threat"), "threat", None)
 
 
 def _plain(obj: Any) -> dict[str, Any]:

@@ -122,7 +122,7 @@ class PredictedFGSM(Objective):
     _layer: str | None = field(default=None, init=False, repr=False)
     _source: Predicted | None = field(default=None, init=False, repr=False)
     _kept: list[tuple[Tensor, Tensor]] = field(default_factory=list, init=False, repr=False)
-    _monitor: FastAT = field(init=False, repr=False)
+    _monitor: FastAT = field(init=False, repr=False)  # a wrapped objective: the base hooks forward on_epoch_end
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -141,16 +141,6 @@ class PredictedFGSM(Objective):
     def events(self) -> list[dict[str, Any]]:
         """Catastrophic-overfitting events (the trainer reports them)."""
         return self._monitor.events
-
-    def on_epoch_end(
-        self,
-        model: nn.Module,
-        *,
-        epoch: int,
-        holdout: tuple[Tensor, Tensor] | None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, Any]:
-        return self._monitor.on_epoch_end(model, epoch=epoch, holdout=holdout, generator=generator)
 
     def describe(self) -> dict[str, Any]:
         """The settings only (the training state, steps and predictor, is not a setting)."""

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from sparring.errors import ConfigError
-from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
+from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput, holder_of
 from sparring.objectives.pgd_at import PGDAT
 from sparring.threat import ThreatModel
 
@@ -149,12 +149,10 @@ class RobustLT(Objective):
 
     def _holder(self) -> Any:
         """The (possibly nested) base objective that owns the training threat model."""
-        inner: Any = self.base
-        while inner is not None and getattr(inner, "threat", None) is None:
-            inner = getattr(inner, "base", None)
-        if inner is None:
+        holder = holder_of(self.base, "threat")
+        if holder is None:
             raise ConfigError(f"RobustLT needs a base objective with a threat model; {self.base.name!r} has none")
-        return inner
+        return holder
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
