@@ -8,10 +8,12 @@ coordinates. Attacks move the coordinates through the same core as images.
 from sparring.points.data import (
     SHAPES,
     farthest_point_sample,
+    fill_removed,
     gather_points,
     load_modelnet40,
     load_scanobjectnn,
     load_shapes,
+    nearest_kept,
     normalize_unit_sphere,
     procedural_shapes,
     random_sample,
@@ -28,7 +30,7 @@ from sparring.points.geometry import (
 from sparring.points.models import DGCNN, PointNet
 
 __all__ = [
-    "DGCNN", "PointNet", "SHAPES", "farthest_point_sample", "gather_points", "intrinsic_features", "knn",
-    "load_modelnet40", "load_scanobjectnn", "load_shapes", "local_pca", "normalize_unit_sphere", "normals",
+    "DGCNN", "PointNet", "SHAPES", "farthest_point_sample", "fill_removed", "gather_points", "intrinsic_features", "knn",
+    "load_modelnet40", "load_scanobjectnn", "load_shapes", "local_pca", "nearest_kept", "normalize_unit_sphere", "normals",
     "procedural_shapes", "random_sample", "surface_variation", "tangent_jitter", "with_features",
 ]

@@ -91,6 +91,33 @@ def gather_points(points: Tensor, idx: Tensor) -> Tensor:
     return torch.gather(points, 1, idx.unsqueeze(-1).expand(-1, -1, points.shape[-1]))
 
 
+def nearest_kept(points: Tensor, keep: Tensor) -> Tensor:
+    """(B, N) index of each point's nearest kept point (itself where kept), on the first 3 channels.
+
+    ``keep`` (B, N) bool marks the points that stay. A cloud with no kept point keeps all of them.
+    """
+    if keep.shape != points.shape[:2] or keep.dtype != torch.bool:
+        raise DataError(f"keep must be a (B, N) bool mask for clouds {tuple(points.shape)}, got {tuple(keep.shape)}")
+    keep = keep | ~keep.any(dim=1, keepdim=True)
+    with torch.no_grad():  # the choice is discrete; gathering by it stays differentiable
+        xyz = points[..., :3]
+        dist = (xyz.unsqueeze(2) - xyz.unsqueeze(1)).square().sum(-1)  # (B, N, N)
+        dist = dist.masked_fill(~keep.unsqueeze(1), float("inf"))
+        return dist.argmin(dim=-1)
+
+
+def fill_removed(points: Tensor, keep: Tensor) -> Tensor:
+    """Remove the points where ``keep`` (B, N) is False without changing the shape: each removed point becomes
+    a copy of its nearest kept point -> (B, N, C).
+
+    Batched clouds must keep one size, so removal (point-drop attacks, outlier-removal defences) is written as
+    duplication. For a model that pools with a max over points (PointNet) a duplicate changes nothing, so this
+    *is* removal; models with mean pooling or kNN graphs (DGCNN) see the duplicates with a small weight.
+    Differentiable in the kept points' coordinates.
+    """
+    return gather_points(points, nearest_kept(points, keep))
+
+
 # -------------------------------------------------------------------------------------- procedural shapes
 # Each sampler maps (n samples, P points, generator) to (n, P, 3) points on a surface of size ~1 about the
 # origin, with its own random shape parameters per sample.
