@@ -101,8 +101,17 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     return rows, (f"{bad} malformed line(s) of {path.name} were skipped." if bad else None)
 
 
+def _is_point_clouds(array: np.ndarray) -> bool:
+    """Whether ``array`` is laid out as a batch of xyz point clouds: floating (N,P,3)."""
+    return array.ndim == 3 and array.shape[2] == 3 and np.issubdtype(array.dtype, np.floating)
+
+
 def read_examples(path: Path) -> tuple[dict[str, np.ndarray] | None, str | None]:
-    """The arrays of ``examples.npz`` if they make an image grid, else ``None`` and the reason (if any)."""
+    """The arrays of ``examples.npz`` if they make an example figure, else ``None`` and the reason (if any).
+
+    ``clean`` and ``adv`` must be (N,1|3,H,W) images or floating (N,P,3) point clouds, of the same shape.
+    Other layouts (tabular rows, tokens, embeddings) give neither a figure nor a note.
+    """
     if not path.is_file():
         return None, None
     try:
@@ -114,11 +123,25 @@ def read_examples(path: Path) -> tuple[dict[str, np.ndarray] | None, str | None]
     if missing:
         return None, f"{path.name} lacks {', '.join(missing)}; no example grid."
     clean, adv = arrays["clean"], arrays["adv"]
+    if _is_point_clouds(clean):
+        if clean.shape != adv.shape or clean.size == 0:
+            shapes = f"clean {clean.shape} / adv {adv.shape}"
+            return None, f"{path.name}: {shapes} are not matching (N,P,3) point clouds; no example plot."
+        return arrays, None
     if clean.ndim != 4:
-        return None, None  # not images (tabular, point clouds, tokens): no grid, nothing wrong
+        return None, None  # not images nor point clouds (tabular, tokens): no grid, nothing wrong
     if clean.shape != adv.shape or clean.shape[1] not in (1, 3) or len(clean) == 0:
         return None, f"{path.name}: clean {clean.shape} / adv {adv.shape} are not (N,1|3,H,W) images; no example grid."
     return arrays, None
+
+
+def _examples(examples: Mapping[str, np.ndarray] | None, class_names: Sequence[str]) -> tuple[str | None, str]:
+    """The example figure (base64 PNG or ``None``) and its kind: ``"clouds"`` or ``"images"``."""
+    if examples is None or "clean" not in examples or "adv" not in examples:
+        return None, "images"
+    if _is_point_clouds(np.asarray(examples["clean"])):
+        return _image(plots.cloud_examples_figure(examples, class_names)), "clouds"
+    return _image(plots.examples_figure(examples, class_names)), "images"
 
 
 # -- one run -------------------------------------------------------------------------------------------
@@ -311,6 +334,7 @@ def render_report(
     class_names = [str(n) for n in data.get("class_names") or []]
     training = report.get("training") if isinstance(report.get("training"), dict) else {}
     threat = report.get("threat") or {}
+    examples_img, examples_kind = _examples(examples, class_names)
     context = {
         "title": title or str(report.get("run_name") or report.get("objective")),
         "meta": _meta(report),
@@ -335,8 +359,9 @@ def render_report(
             "eps_curve": _image(plots.eps_curve_figure(report)),
             "per_class": _image(plots.per_class_figure(report)),
             "training": _image(plots.training_figure(metrics, training.get("events") or [])),
-            "examples": _image(plots.examples_figure(examples, class_names)) if examples is not None else None,
+            "examples": examples_img,
         },
+        "examples_kind": examples_kind,
     }
     return _render("report.html", **context)
 
