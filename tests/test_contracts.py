@@ -6,6 +6,8 @@ A new component that is registered is tested here without anyone writing a test 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ from torch import nn
 import sparring.attacks as attacks
 import sparring.objectives as objectives
 from sparring.losses import cross_entropy
+from sparring.points.models import PointNet
+from sparring.points.threat import PointSet
 from sparring.threat import L2Ball, LinfBall, ThreatModel
 
 B = 8
@@ -63,9 +67,9 @@ def assert_same(before: dict[str, object], after: dict[str, object]) -> None:
         assert torch.equal(value, after["state"][key]), key  # type: ignore[index]
 
 
-def prepared_model() -> nn.Module:
+def prepared_model(make: Callable[..., nn.Module] = small_model) -> nn.Module:
     """Train mode, one frozen parameter, existing .grad on another: the state an attack must keep."""
-    model = small_model()
+    model = make()
     model.train()
     params = list(model.parameters())
     params[0].requires_grad_(False)
@@ -80,6 +84,7 @@ def seeded(seed: int = 0) -> torch.Generator:
 # Smaller budgets for slow attacks: the invariants do not depend on them, and the defaults would take seconds.
 QUICK_SETTINGS: dict[str, dict[str, object]] = {
     "square": {"queries": 100}, "apgd": {"steps": 10}, "apgd_t": {"steps": 10, "targets": 2},
+    "point_drop": {"iterations": 3}, "point_add": {"steps": 5}, "knn": {"steps": 5},
 }
 
 
@@ -87,76 +92,161 @@ def build_attack(name: str, **settings: object) -> attacks.Attack:
     return attacks.build(name, **{**QUICK_SETTINGS.get(name, {}), **settings})
 
 
+@dataclass(frozen=True)
+class Domain:
+    """What an attack's contract tests run on, chosen by the attack's ``inputs`` (see ``Attack``).
+
+    ``threats`` fill the four ``THREAT_IDS`` slots (scalar ε, another norm or radius, then per-sample ε);
+    ``zero`` are the two ε = 0 threats; ``per_sample`` has ε = 0 on even rows and > 0 on odd ones;
+    ``default`` serves the train-mode, batch-independence and error tests, ``other`` the determinism test.
+    """
+
+    model: Callable[..., nn.Module]
+    batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    threats: list[ThreatModel]
+    zero: list[ThreatModel]
+    per_sample: ThreatModel
+    default: ThreatModel
+    other: ThreatModel
+
+
+CLOUD_POINTS = 32
+
+
+def point_model(seed: int = 0, *, batch_norm: bool = True, dropout: bool = True) -> nn.Module:
+    """A tiny PointNet (clouds (B, 32, 3)) with BatchNorm and Dropout so that mode and buffer changes would show."""
+    torch.manual_seed(seed)
+    return PointNet(
+        input_shape=(CLOUD_POINTS, 3), num_classes=10, width=8, batch_norm=batch_norm, dropout=0.5 if dropout else 0.0
+    )
+
+
+def cloud_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, CLOUD_POINTS, 3, generator=g) * 2 - 1, torch.randint(0, 10, (B,), generator=g)
+
+
+def _alternating(value: float) -> torch.Tensor:
+    return torch.tensor([0.0, value] * (B // 2))
+
+
+DOMAINS: dict[str, Domain] = {
+    "any": Domain(
+        model=small_model, batch=batch, threats=threats(), zero=[LinfBall(eps=0.0), L2Ball(eps=0.0)],
+        per_sample=LinfBall(eps=_alternating(0.2)), default=LinfBall(eps=0.1), other=L2Ball(eps=0.5),
+    ),
+    # Coordinates of (B, N, 3) clouds have no box.
+    "points": Domain(
+        model=point_model, batch=cloud_batch,
+        threats=[
+            LinfBall(eps=0.05, bounds=None), L2Ball(eps=0.3, bounds=None),
+            LinfBall(eps=torch.linspace(0.0, 0.1, B), bounds=None),
+            L2Ball(eps=torch.linspace(0.0, 0.6, B), bounds=None),
+        ],
+        zero=[LinfBall(eps=0.0, bounds=None), L2Ball(eps=0.0, bounds=None)],
+        per_sample=LinfBall(eps=_alternating(0.05), bounds=None),
+        default=LinfBall(eps=0.05, bounds=None), other=L2Ball(eps=0.3, bounds=None),
+    ),
+    # Point budgets: with and without a radius, per-sample budgets; ε = 0.9 floors to 0 points.
+    "point_set": Domain(
+        model=point_model, batch=cloud_batch,
+        threats=[
+            PointSet(eps=4, radius=0.05), PointSet(eps=2.0, radius=0.0),
+            PointSet(eps=torch.linspace(0.0, 6.0, B), radius=0.05), PointSet(eps=torch.linspace(0.0, 6.0, B)),
+        ],
+        zero=[PointSet(eps=0.0, radius=0.05), PointSet(eps=0.9, radius=0.05)],
+        per_sample=PointSet(eps=_alternating(4.0), radius=0.05),
+        default=PointSet(eps=4, radius=0.05), other=PointSet(eps=3, radius=0.05),
+    ),
+}
+
+
+def domain(name: str) -> Domain:
+    inputs = attacks.ATTACKS.get(name).inputs
+    assert inputs in DOMAINS, f"attack {name!r} declares inputs={inputs!r}; the contract tests know {list(DOMAINS)}"
+    return DOMAINS[inputs]
+
+
 @pytest.mark.parametrize("name", attacks.available())
 class TestAttackContract:
-    @pytest.mark.parametrize("threat", threats(), ids=THREAT_IDS)
-    def test_model_unchanged(self, name: str, threat: ThreatModel) -> None:
-        model = prepared_model()
-        x, y = batch()
+    @pytest.mark.parametrize("slot", range(4), ids=THREAT_IDS)
+    def test_model_unchanged(self, name: str, slot: int) -> None:
+        d = domain(name)
+        model = prepared_model(d.model)
+        x, y = d.batch(0)
         before = snapshot(model)
-        build_attack(name)(model, x, y, threat, generator=seeded())
+        build_attack(name)(model, x, y, d.threats[slot], generator=seeded())
         assert_same(before, snapshot(model))
 
     def test_model_unchanged_in_train_mode_attack(self, name: str) -> None:
-        model = prepared_model()
-        x, y = batch()
+        d = domain(name)
+        model = prepared_model(d.model)
+        x, y = d.batch(0)
         before = snapshot(model)
-        build_attack(name, train_mode=True)(model, x, y, LinfBall(eps=0.1), generator=seeded())
+        build_attack(name, train_mode=True)(model, x, y, d.default, generator=seeded())
         assert_same(before, snapshot(model))  # BatchNorm running stats restored
 
-    @pytest.mark.parametrize("threat", threats(), ids=THREAT_IDS)
-    def test_inside_threat_set(self, name: str, threat: ThreatModel) -> None:
-        x, y = batch()
-        result = build_attack(name)(small_model(), x, y, threat, generator=seeded())
+    @pytest.mark.parametrize("slot", range(4), ids=THREAT_IDS)
+    def test_inside_threat_set(self, name: str, slot: int) -> None:
+        d = domain(name)
+        threat = d.threats[slot]
+        x, y = d.batch(0)
+        result = build_attack(name)(d.model(), x, y, threat, generator=seeded())
         assert result.x_adv.shape == x.shape
         assert threat.contains(result.x_adv, x).all()
         assert result.success.shape == (B,) and result.success.dtype == torch.bool
         assert result.loss.shape == (B,)
 
-    @pytest.mark.parametrize("threat", [LinfBall(eps=0.0), L2Ball(eps=0.0)], ids=["linf", "l2"])
-    def test_eps_zero_is_identity(self, name: str, threat: ThreatModel) -> None:
-        x, y = batch()
-        model = small_model()
-        result = build_attack(name)(model, x, y, threat, generator=seeded())
+    @pytest.mark.parametrize("slot", range(2), ids=["linf", "l2"])
+    def test_eps_zero_is_identity(self, name: str, slot: int) -> None:
+        d = domain(name)
+        x, y = d.batch(0)
+        model = d.model()
+        result = build_attack(name)(model, x, y, d.zero[slot], generator=seeded())
         assert torch.equal(result.x_adv, x)
         model.eval()
         assert torch.equal(result.success, model(x).argmax(1) != y)
 
     def test_per_sample_zero_eps_rows_unchanged(self, name: str) -> None:
-        x, y = batch()
-        eps = torch.tensor([0.0, 0.2] * (B // 2))
-        result = build_attack(name)(small_model(), x, y, LinfBall(eps=eps), generator=seeded())
+        d = domain(name)
+        x, y = d.batch(0)
+        eps = d.per_sample.eps
+        assert isinstance(eps, torch.Tensor)
+        result = build_attack(name)(d.model(), x, y, d.per_sample, generator=seeded())
         assert torch.equal(result.x_adv[eps == 0], x[eps == 0])
         assert (result.x_adv[eps > 0] - x[eps > 0]).abs().amax() > 0
 
     def test_batch_independence(self, name: str) -> None:
-        x, y = batch(0)
-        x_other, y_other = batch(1)
+        d = domain(name)
+        x, y = d.batch(0)
+        x_other, y_other = d.batch(1)
         x_mixed, y_mixed = x_other.clone(), y_other.clone()
         x_mixed[0], y_mixed[0] = x[0], y[0]
         attack = build_attack(name)
-        a = attack(small_model(), x, y, LinfBall(eps=0.1), generator=seeded(3))
-        b = attack(small_model(), x_mixed, y_mixed, LinfBall(eps=0.1), generator=seeded(3))
+        a = attack(d.model(), x, y, d.default, generator=seeded(3))
+        b = attack(d.model(), x_mixed, y_mixed, d.default, generator=seeded(3))
         torch.testing.assert_close(a.x_adv[0], b.x_adv[0])
         assert a.success[0] == b.success[0]
 
     def test_deterministic_under_seed(self, name: str) -> None:
-        x, y = batch()
+        d = domain(name)
+        x, y = d.batch(0)
         attack = build_attack(name)
-        a = attack(small_model(), x, y, L2Ball(eps=0.5), generator=seeded(7))
-        b = attack(small_model(), x, y, L2Ball(eps=0.5), generator=seeded(7))
+        a = attack(d.model(), x, y, d.other, generator=seeded(7))
+        b = attack(d.model(), x, y, d.other, generator=seeded(7))
         assert torch.equal(a.x_adv, b.x_adv)
 
     def test_restores_model_on_error(self, name: str) -> None:
-        model = prepared_model()
+        d = domain(name)
+        model = prepared_model(d.model)
         before = snapshot(model)
 
         def failing_loss(logits: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
             raise RuntimeError("boom")
 
-        x, y = batch()
+        x, y = d.batch(0)
         with pytest.raises(RuntimeError, match="boom"):
-            build_attack(name)(model, x, y, LinfBall(eps=0.1), loss_fn=failing_loss)
+            build_attack(name)(model, x, y, d.default, loss_fn=failing_loss)
         assert_same(before, snapshot(model))
 
 
@@ -164,11 +254,18 @@ class TestAttackContract:
 LT_COUNTS = [40, 30, 22, 16, 12, 9, 7, 5, 4, 3]
 
 
+def objective_domain(name: str) -> Domain:
+    """The model and batch an objective trains on, by its ``inputs`` (``"any"``: the image CNN)."""
+    inputs = getattr(objectives.OBJECTIVES.get(name), "inputs", "any")
+    assert inputs in DOMAINS, f"objective {name!r} declares inputs={inputs!r}; the contract tests know {list(DOMAINS)}"
+    return DOMAINS[inputs]
+
+
 def built(name: str, model: nn.Module) -> objectives.Objective:
     """``name`` with defaults, after ``on_train_begin`` (2 epochs, the split above) and ``on_epoch_begin(1)``."""
     g = torch.Generator().manual_seed(99)
     y = torch.repeat_interleave(torch.arange(10), torch.tensor(LT_COUNTS))
-    x = torch.rand(len(y), 1, 8, 8, generator=g)
+    x = torch.rand(len(y), *objective_domain(name).batch(0)[0].shape[1:], generator=g)  # images: (1, 8, 8)
     objective = objectives.build(name)
     objective.on_train_begin(model, class_counts=LT_COUNTS, epochs=2, train=(x, y))
     objective.on_epoch_begin(model, epoch=1)
@@ -183,9 +280,10 @@ ADVERSARIAL_OBJECTIVES = [n for n in objectives.available() if hasattr(objective
 @pytest.mark.parametrize("name", objectives.available())
 class TestObjectiveContract:
     def test_per_example_differentiable_loss(self, name: str) -> None:
-        model = small_model(dropout=False)
+        d = objective_domain(name)
+        model = d.model(dropout=False)
         model.train()
-        x, y = batch()
+        x, y = d.batch(0)
         out = built(name, model)(model, x, y, generator=seeded())
         assert out.loss.shape == (B,)
         assert torch.isfinite(out.loss).all()
@@ -194,41 +292,46 @@ class TestObjectiveContract:
         assert all(p.grad is not None for p in model.parameters())
 
     def test_model_mode_and_flags_kept(self, name: str) -> None:
+        d = objective_domain(name)
         for training in (True, False):
-            model = small_model()
+            model = d.model()
             model.train(training)
             flags = [p.requires_grad for p in model.parameters()]
-            built(name, model)(model, *batch(), generator=seeded())
+            built(name, model)(model, *d.batch(0), generator=seeded())
             assert [m.training for m in model.modules()] == [training] * len(list(model.modules()))
             assert [p.requires_grad for p in model.parameters()] == flags
 
     def test_deterministic_under_seed(self, name: str) -> None:
-        x, y = batch()
-        model = small_model(batch_norm=False, dropout=False)
+        d = objective_domain(name)
+        x, y = d.batch(0)
+        model = d.model(batch_norm=False, dropout=False)
         a = built(name, model)(model, x, y, generator=seeded(5)).loss
         b = built(name, model)(model, x, y, generator=seeded(5)).loss
         assert torch.equal(a, b)
 
     def test_batch_independence(self, name: str) -> None:
+        d = objective_domain(name)
         if getattr(objectives.OBJECTIVES.get(name), "batch_dependent", False):
             pytest.skip(f"{name} is batch-dependent by design (documented in its module); its own tests cover it")
-        model = small_model(batch_norm=False, dropout=False)
-        x, y = batch(0)
-        x_mixed, y_mixed = batch(1)
+        model = d.model(batch_norm=False, dropout=False)
+        x, y = d.batch(0)
+        x_mixed, y_mixed = d.batch(1)
         x_mixed[0], y_mixed[0] = x[0], y[0]
         a = built(name, model)(model, x, y, generator=seeded(2)).loss[0]
         b = built(name, model)(model, x_mixed, y_mixed, generator=seeded(2)).loss[0]
         torch.testing.assert_close(a, b)
 
+
 @pytest.mark.parametrize("name", ADVERSARIAL_OBJECTIVES)
 def test_eps_zero_objective_reduces_to_clean_cross_entropy(name: str) -> None:
+    d = objective_domain(name)
     objective = objectives.build(name)
     objective = dataclasses.replace(objective, threat=objective.threat.with_eps(0.0))  # type: ignore[attr-defined]
-    model = small_model(batch_norm=False, dropout=False)
-    x, y = batch()
+    model = d.model(batch_norm=False, dropout=False)
+    x, y = d.batch(0)
     torch.testing.assert_close(objective(model, x, y, generator=seeded()).loss, cross_entropy(model(x), y))
 
 
 def test_registries_are_populated() -> None:
-    assert {"fgsm", "fgsm_rs", "pgd"} <= set(attacks.available())
+    assert {"fgsm", "fgsm_rs", "pgd", "point_drop", "point_add", "knn"} <= set(attacks.available())
     assert {"standard", "pgd_at", "trades", "fgsm_rs"} <= set(objectives.available())

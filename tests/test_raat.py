@@ -13,8 +13,9 @@ from sparring.attacks import PGD
 from sparring.data import Dataset
 from sparring.data.augment import SPECS, gaussian_noise, make_augment, random_crop, random_flip, random_shift
 from sparring.errors import ConfigError
+from sparring.losses import js_divergence
 from sparring.objectives.pgd_at import PGDAT
-from sparring.objectives.raat import RAAT, js_divergence, sample_beta
+from sparring.objectives.raat import RAAT, sample_beta
 from sparring.threat import LinfBall
 
 pytestmark = pytest.mark.usefixtures("single_thread")

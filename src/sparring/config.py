@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from sparring.attacks import ATTACKS, Attack
+from sparring.attacks.cascade import as_cascade, check_attacks_fit
 from sparring.errors import ConfigError
 from sparring.models import settings_of
 from sparring.objectives import OBJECTIVES, Objective, threat_of
@@ -36,11 +37,20 @@ class _Strict(BaseModel):
 
 
 class ThreatSpec(_Strict):
-    norm: Literal["linf", "l2"] = "linf"
+    """``norm`` linf / l2 (``eps`` a radius) or, for point clouds, ``points`` (``eps`` points dropped or added,
+    each within ``radius`` of the clean cloud). ``bounds: null`` for inputs without a box (point clouds)."""
+
+    norm: Literal["linf", "l2", "points"] = "linf"
     eps: float = Field(ge=0)
     bounds: tuple[float, float] | None = (0.0, 1.0)
+    radius: float | None = Field(default=None, ge=0)
 
     def build(self) -> ThreatModel:
+        if self.norm == "points":
+            return make_threat("points", self.eps, None if self.bounds == (0.0, 1.0) else self.bounds,
+                               radius=self.radius or 0.0)
+        if self.radius is not None:
+            raise ConfigError("threat.radius applies to norm: points only")
         return make_threat(self.norm, self.eps, self.bounds)
 
 
@@ -146,8 +156,8 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
     try:
         objective = config.build_objective()
         config.build_train()
-        config.build_suite()
-        config.eval_threat(objective)
+        suite = config.build_suite()
+        check_attacks_fit(as_cascade(suite).attacks, config.eval_threat(objective))
         check_model_spec(config.model)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None

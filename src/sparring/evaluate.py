@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from sparring import checks as checks_
 from sparring.attacks import APGD, Attack, Square
 from sparring.attacks.base import PRECISIONS
-from sparring.attacks.cascade import NOT_BROKEN, Cascade, as_cascade
+from sparring.attacks.cascade import NOT_BROKEN, Cascade, as_cascade, check_attacks_fit
 from sparring.context import device_of, frozen_model
 from sparring.data import Dataset
 from sparring.errors import ConfigError, DataError
@@ -219,7 +219,11 @@ def evaluate(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else device_of(model)
     cascade = as_cascade(suite).with_precision(precision)
-    curve_attack = _with_precision(curve_attack or default_curve_attack(), precision)
+    check_attacks_fit(cascade.attacks, threat)
+    if curve_attack is None:  # a point budget has no APGD: its curve reruns the suite's first attack
+        curve_attack = default_curve_attack() if threat.steppable else cascade.attacks[0]
+    check_attacks_fit([curve_attack], threat)
+    curve_attack = _with_precision(curve_attack, precision)
     radii = _radii(threat, eps_curve)
     notify = notify or (lambda message: None)
 
@@ -391,9 +395,18 @@ def _run_checks(
         checks_.gradients_finite_nonzero(model, px, py),
         checks_.deterministic_model(model, px),
         checks_.outputs_not_probabilities(model, px),
-        _black_box_check(model, px, py, probe_threat, cascade, outcome, generator),
-        checks_.large_eps_breaks_model(model, px, py, probe_threat, curve_attack, generator),
     ]
+    if threat.steppable:
+        found += [
+            _black_box_check(model, px, py, probe_threat, cascade, outcome, generator),
+            checks_.large_eps_breaks_model(model, px, py, probe_threat, curve_attack, generator),
+        ]
+    else:  # a point budget: Square does not apply, and dropping every point leaves a cloud that is still a class
+        found += [
+            checks_.check("black_box_not_stronger", None, f"no black-box attack applies to the {threat.norm} threat"),
+            checks_.check("large_eps_breaks_model", None,
+                          f"an unlimited {threat.norm} budget leaves a degenerate input that is still some class"),
+        ]
     clean = float(outcome["clean_correct"].float().mean())
     if radii and radii[0] == 0:
         found.append(checks_.eps_zero_matches_clean(outcome["curve"][0]["robust_accuracy"], clean, "on all points"))

@@ -74,6 +74,19 @@ def kl_to_reference(logits: Tensor, ref_probs: Tensor) -> Tensor:
     return (ref_probs * (ref_probs.clamp_min(1e-12).log() - log_q)).sum(1)
 
 
+def js_divergence(p_logits: Tensor, q_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Jensen–Shannon divergence between ``softmax(p/T)`` and ``softmax(q/T)`` per example, shape (B,).
+
+    ``½[KL(p‖M) + KL(q‖M)]`` with ``M = ½(p + q)`` and ``log M`` clamped at 1e-8, as in RAAT's code.
+    Symmetric, 0 for identical inputs, at most log 2.
+    """
+    log_p = F.log_softmax(p_logits.float() / temperature, dim=1)
+    log_q = F.log_softmax(q_logits.float() / temperature, dim=1)
+    p, q = log_p.exp(), log_q.exp()
+    log_m = (0.5 * (p + q)).clamp_min(1e-8).log()
+    return 0.5 * ((p * (log_p - log_m)).sum(1) + (q * (log_q - log_m)).sum(1))
+
+
 def targeted(loss: LossFn) -> LossFn:
     """Turn a loss to maximize for label ``y`` into one to maximize for reaching target ``t``."""
 

@@ -56,6 +56,9 @@ class ThreatModel(ABC):
     eps: Radius
     bounds: tuple[float, float] | None = (0.0, 1.0)
     norm: ClassVar[str]
+    # Does :meth:`step` exist? Norm balls: yes. Combinatorial sets (a point budget) have no steepest-ascent step:
+    # gradient attacks such as PGD / APGD do not apply and the evaluation skips the checks that need them.
+    steppable: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         eps = self.eps
@@ -287,6 +290,9 @@ class TokenLinfBall(TokenBall):
     token_ord: ClassVar[float] = float("inf")
 
 
-def make_threat(norm: str, eps: Radius, bounds: tuple[float, float] | None = (0.0, 1.0)) -> ThreatModel:
-    """Build a threat model by norm name (``"linf"``, ``"l2"``, ``"token_l2"``, ``"token_linf"``)."""
-    return THREATS.get(norm)(eps=eps, bounds=bounds)
+def make_threat(
+    norm: str, eps: Radius, bounds: tuple[float, float] | None = (0.0, 1.0), **settings: object
+) -> ThreatModel:
+    """Build a threat model by norm name (``"linf"``, ``"l2"``, ``"token_l2"``, ``"token_linf"``, and the point
+    clouds' ``"points"``); ``settings`` are the threat's own fields (a point set's ``radius``)."""
+    return THREATS.get(norm)(eps=eps, bounds=bounds, **settings)

@@ -30,3 +30,9 @@ __all__ = [
     "APGD", "APGDTargeted", "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "PGD", "Problem", "Square",
     "SUITES", "Cascade", "suite", "available", "build",
 ]
+
+# Domain attacks register themselves on import; last, since they import the modules above. sparring.models
+# first: it imports sparring.points.models, which needs sparring.models.base (importing the point package
+# first would enter that cycle from the other end).
+import sparring.models  # noqa: E402,F401
+import sparring.points.attacks  # noqa: E402,F401

@@ -111,12 +111,16 @@ class Attack(ABC):
         precision: ``"fp32"`` or ``"bf16"``: run the model's forward passes under bfloat16 autocast
             (inputs, perturbations and losses stay float32). Evaluation re-checks bf16 successes in fp32.
 
-    Class attributes: ``name`` (the registry name) and ``black_box`` (the attack only queries outputs,
-    never gradients; the evaluation's check compares such attacks with the white-box ones).
+    Class attributes: ``name`` (the registry name), ``black_box`` (the attack only queries outputs,
+    never gradients; the evaluation's check compares such attacks with the white-box ones) and ``inputs``,
+    what inputs and threat the attack needs (the contract tests pick their model and batch by it):
+    ``"any"`` (any tensor (B, ...), norm-ball threats), ``"points"`` (point clouds (B, N, 3), norm-ball
+    threats) or ``"point_set"`` (point clouds (B, N, 3) with a :class:`sparring.points.threat.PointSet`).
     """
 
     name: ClassVar[str]
     black_box: ClassVar[bool] = False
+    inputs: ClassVar[str] = "any"
     loss: str = "ce"
     gradients: GradientSource = field(default_factory=Autograd)
     train_mode: bool = False

@@ -175,6 +175,19 @@ def as_cascade(attacks: str | Cascade | Sequence[Attack]) -> Cascade:
     return Cascade(attacks=tuple(attacks))
 
 
+def check_attacks_fit(attacks: Sequence[Attack], threat: ThreatModel) -> None:
+    """A ConfigError naming the first attack that cannot run under ``threat``: gradient attacks need a norm ball
+    (a threat with a step), point-set attacks (``inputs == "point_set"``) need the ``points`` threat."""
+    for attack in attacks:
+        wants_set = attack.inputs == "point_set"
+        if wants_set and threat.norm != "points":
+            raise ConfigError(f"attack {attack.name!r} needs the point-set threat (norm: points), got {threat.norm}")
+        if not wants_set and not threat.steppable:
+            raise ConfigError(
+                f"attack {attack.name!r} needs a norm-ball threat; under norm: {threat.norm} use point_drop / point_add"
+            )
+
+
 def unique_labels(attacks: Sequence[Attack]) -> list[str]:
     """Unique, readable labels: ``pgd``, ``pgd_margin``, ``pgd_2`` ..."""
     labels: list[str] = []

@@ -1,7 +1,8 @@
 """Data: in-memory classification data sets and the loaders that make them.
 
 ``load_data(source)`` returns ``(train, test)`` :class:`Dataset` pairs for ``"digits"`` (scikit-learn,
-offline), ``"mnist1d"`` (generated in code), ``"cifar10"`` / ``"cifar100"`` (the python release under
+offline), ``"mnist1d"`` (generated in code), ``"shapes"`` (procedural point clouds), ``"modelnet40"`` /
+``"scanobjectnn"`` (their HDF5 releases under ``root``), ``"cifar10"`` / ``"cifar100"`` (the python release under
 ``root``) or a path to an ``.npz`` file. Nothing is downloaded. ``long_tail`` makes an exponentially imbalanced subset.
 """
 
@@ -15,7 +16,7 @@ from sparring.data.mnist1d import load_mnist1d
 from sparring.data.npz import load_npz
 from sparring.errors import DataError
 
-SOURCES = ("digits", "mnist1d", "shapes", "cifar10", "cifar100")
+SOURCES = ("digits", "mnist1d", "shapes", "modelnet40", "scanobjectnn", "cifar10", "cifar100")
 
 
 def load_data(
@@ -30,8 +31,10 @@ def load_data(
 
     Args:
         source: ``"digits"``, ``"mnist1d"``, ``"shapes"`` (procedural 3-D point clouds, (N, 256, 3)),
+            ``"modelnet40"`` / ``"scanobjectnn"`` (HDF5 releases under ``root``, 1024 points, PB_T50_RS),
             ``"cifar10"``, ``"cifar100"`` or a path ending in ``.npz``.
-        root: for CIFAR, the extracted release folder, a folder containing it, or the ``.tar.gz`` archive.
+        root: for CIFAR, the extracted release folder, a folder containing it, or the ``.tar.gz`` archive; for
+            ModelNet40 / ScanObjectNN, the folder of the h5 files or its parent.
         test_fraction: share of each class held out, for sources without an official split (digits, npz
             without ``x_test``).
         seed: seed of that split.
@@ -49,6 +52,10 @@ def load_data(
         from sparring.points.data import load_shapes  # deferred: the point-cloud domain imports this package
 
         train, test = load_shapes(test_fraction=test_fraction, seed=seed)
+    elif source in ("modelnet40", "scanobjectnn"):
+        from sparring.points.data import load_modelnet40, load_scanobjectnn
+
+        train, test = (load_modelnet40 if source == "modelnet40" else load_scanobjectnn)(root)  # type: ignore[arg-type]
     elif source in LAYOUTS:
         train, test = load_cifar(source, root=root)
     else:

@@ -21,6 +21,7 @@ from sparring.objectives.raat import RAAT
 from sparring.objectives.robustlt import RobustLT
 from sparring.objectives.standard import Standard
 from sparring.objectives.trades import TRADES
+from sparring.points.mapr import MAPR  # the point-cloud domain's objective, registered here
 
 
 def available() -> list[str]:
@@ -35,6 +36,6 @@ def build(name: str, **settings: Any) -> Objective:
 
 __all__ = [
     "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT", "PredictedFGSM",
-    "MART", "ATBSL", "FreeAT", "DRO", "RobustLT", "AWP", "RAAT", "MCAT", "CatastrophicOverfittingWarning", "available",
-    "build", "threat_of",
+    "MART", "MAPR", "ATBSL", "FreeAT", "DRO", "RobustLT", "AWP", "RAAT", "MCAT", "CatastrophicOverfittingWarning",
+    "available", "build", "threat_of",
 ]

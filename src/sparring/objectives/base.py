@@ -41,9 +41,14 @@ class ObjectiveOutput:
 
 @dataclass(kw_only=True)
 class Objective(ABC):
-    """Base class; subclasses are keyword-only dataclasses registered in ``OBJECTIVES``."""
+    """Base class; subclasses are keyword-only dataclasses registered in ``OBJECTIVES``.
+
+    ``inputs`` names the inputs the objective trains on: ``"any"`` tensor, or a domain's (``"points"``:
+    clouds (B, N, 3)); the contract tests pick their model and batch by it.
+    """
 
     name: ClassVar[str]
+    inputs: ClassVar[str] = "any"
 
     @abstractmethod
     def __call__(

@@ -67,25 +67,12 @@ from sparring.attacks import PGD, Attack
 from sparring.context import frozen_model
 from sparring.data.augment import SPECS, make_augment
 from sparring.errors import ConfigError
-from sparring.losses import cross_entropy, kl_to_reference
+from sparring.losses import cross_entropy, js_divergence, kl_to_reference
 from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
 from sparring.objectives.mart import boosted_cross_entropy
 from sparring.threat import LinfBall, ThreatModel
 
 BaseLoss = Literal["ce", "mart", "trades"]
-
-
-def js_divergence(p_logits: Tensor, q_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Jensen–Shannon divergence between ``softmax(p/T)`` and ``softmax(q/T)`` per example, shape (B,).
-
-    ``½[KL(p‖M) + KL(q‖M)]`` with ``M = ½(p + q)`` and ``log M`` clamped at 1e-8, as in RAAT's code.
-    Symmetric, 0 for identical inputs, at most log 2.
-    """
-    log_p = F.log_softmax(p_logits.float() / temperature, dim=1)
-    log_q = F.log_softmax(q_logits.float() / temperature, dim=1)
-    p, q = log_p.exp(), log_q.exp()
-    log_m = (0.5 * (p + q)).clamp_min(1e-8).log()
-    return 0.5 * ((p * (log_p - log_m)).sum(1) + (q * (log_q - log_m)).sum(1))
 
 
 def _sample_gamma(shape: float, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:

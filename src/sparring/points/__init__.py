@@ -1,5 +1,7 @@
 """Point clouds: procedural shapes and ModelNet40 / ScanObjectNN loaders, PointNet and DGCNN, intrinsic
-geometric features (kNN PCA curvature, normals, graph diffusion) and geometry-preserving perturbations.
+geometric features (kNN PCA curvature, normals, graph diffusion), geometry-preserving perturbations, the
+point-set threat and point attacks (saliency dropping, adding, kNN-smooth PGD), input defences (SOR, SRS) and
+the MAPR objective.
 
 Point clouds are tensors (B, N, 3) of xyz coordinates, or (B, N, 3 + F) with per-point features after the
 coordinates. Attacks move the coordinates through the same core as images.
@@ -18,6 +20,12 @@ from sparring.points.data import (
     procedural_shapes,
     random_sample,
 )
+from sparring.points.defences import (
+    IntrinsicFeatures,
+    OutlierRemoval,
+    RandomResampling,
+    features_detached,
+)
 from sparring.points.geometry import (
     intrinsic_features,
     knn,
@@ -28,9 +36,11 @@ from sparring.points.geometry import (
     with_features,
 )
 from sparring.points.models import DGCNN, PointNet
+from sparring.points.threat import PointSet
 
 __all__ = [
-    "DGCNN", "PointNet", "SHAPES", "farthest_point_sample", "fill_removed", "gather_points", "intrinsic_features", "knn",
-    "load_modelnet40", "load_scanobjectnn", "load_shapes", "local_pca", "nearest_kept", "normalize_unit_sphere", "normals",
-    "procedural_shapes", "random_sample", "surface_variation", "tangent_jitter", "with_features",
+    "DGCNN", "IntrinsicFeatures", "OutlierRemoval", "PointNet", "PointSet", "RandomResampling", "SHAPES",
+    "farthest_point_sample", "features_detached", "fill_removed", "gather_points", "intrinsic_features", "knn",
+    "load_modelnet40", "load_scanobjectnn", "load_shapes", "local_pca", "nearest_kept", "normalize_unit_sphere",
+    "normals", "procedural_shapes", "random_sample", "surface_variation", "tangent_jitter", "with_features",
 ]

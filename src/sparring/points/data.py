@@ -101,7 +101,7 @@ def nearest_kept(points: Tensor, keep: Tensor) -> Tensor:
     keep = keep | ~keep.any(dim=1, keepdim=True)
     with torch.no_grad():  # the choice is discrete; gathering by it stays differentiable
         xyz = points[..., :3]
-        dist = (xyz.unsqueeze(2) - xyz.unsqueeze(1)).square().sum(-1)  # (B, N, N)
+        dist = torch.cdist(xyz, xyz, compute_mode="donot_use_mm_for_euclid_dist")  # (B, N, N), exact
         dist = dist.masked_fill(~keep.unsqueeze(1), float("inf"))
         return dist.argmin(dim=-1)
 

@@ -5,6 +5,11 @@ after the coordinates. ``input_shape`` is (N, C); N is nominal, since both model
 accept any number of them (DGCNN needs at least ``k`` at build time). Both are invariant to the order of the
 points and differentiable in the coordinates, which is what point-cloud attacks perturb.
 
+Both take two input-side settings (:mod:`sparring.points.defences`): ``intrinsic=True`` appends MAPR's
+intrinsic features (curvature at three scales, graph diffusion), recomputed from xyz in every forward pass so
+that attacks differentiate through them; ``defence="sor"`` / ``"srs"`` puts statistical outlier removal or
+random resampling in front of the network.
+
 PointNet (Qi, Su, Mo & Guibas, "PointNet: Deep Learning on Point Sets for 3D Classification and
 Segmentation", CVPR 2017): a shared per-point MLP 64-64-128-1024 with BatchNorm and ReLU, a global max pool
 (the symmetric function that makes it order-invariant), then FC 512-256 with dropout (keep ratio 0.7, i.e.
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 
 from sparring.errors import ConfigError
 from sparring.models.base import MODELS, check_num_classes
+from sparring.points.defences import PointInput
 
 
 def _point_shape(input_shape: tuple[int, ...], model: str) -> tuple[int, int]:
@@ -121,6 +127,8 @@ class PointNet(nn.Module):
         batch_norm: bool = True,
         dropout: float = 0.3,
         input_transform: bool = False,
+        intrinsic: bool = False,
+        defence: str = "none",
     ) -> None:
         super().__init__()
         _, channels = _point_shape(input_shape, "pointnet")
@@ -129,12 +137,17 @@ class PointNet(nn.Module):
         bn = _flag(batch_norm, "batch_norm", "pointnet")
         p = _probability(dropout, "dropout", "pointnet")
         _flag(input_transform, "input_transform", "pointnet")
+        self.input = PointInput(
+            channels=channels, intrinsic=_flag(intrinsic, "intrinsic", "pointnet"), defence=defence, model="pointnet"
+        )
+        channels = self.input.channels
         self.transform = _InputTransform(channels=channels, width=w, batch_norm=bn) if input_transform else None
         self.points = _mlp([channels, w, w, 2 * w, 16 * w], batch_norm=bn)
         self.fc = nn.Sequential(_mlp([16 * w, 512, 256], batch_norm=bn), nn.Dropout(p))
         self.head = nn.Linear(256, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self.input(x)  # defence, then [xyz, intrinsic features] when configured
         if self.transform is not None:
             x = self.transform(x)
         g = self.points(x).amax(dim=1)  # (B, N, C) -> (B, N, 16w) -> (B, 16w): max is order-invariant
@@ -216,10 +229,16 @@ class DGCNN(nn.Module):
         embed: int = 512,
         batch_norm: bool = True,
         dropout: float = 0.5,
+        intrinsic: bool = False,
+        defence: str = "none",
     ) -> None:
         super().__init__()
         points, channels = _point_shape(input_shape, "dgcnn")
         check_num_classes(num_classes)
+        self.input = PointInput(
+            channels=channels, intrinsic=_flag(intrinsic, "intrinsic", "dgcnn"), defence=defence, model="dgcnn"
+        )
+        channels = self.input.channels
         self.k = _positive_int(k, "k", "dgcnn")
         if points < self.k:
             raise ConfigError(f"dgcnn with k={self.k} needs clouds of at least k points, input_shape has {points}")
@@ -239,6 +258,7 @@ class DGCNN(nn.Module):
         self.head = nn.Linear(256, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self.input(x)  # defence, then [xyz, intrinsic features] when configured
         h = self.edges[0](x, graph=x[..., :3])  # (B, N, w), neighbours by position
         outs = [h]
         for layer in self.edges[1:]:
