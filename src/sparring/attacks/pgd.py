@@ -102,7 +102,7 @@ class PGD(Attack):
         x_adv, best = self._steps(model, problem, alpha, x_adv)
         with torch.no_grad():
             logits = model(x_adv)
-            loss = problem.loss_fn(logits, problem.loss_ref)
+            loss = self._ranked(problem.loss_fn(logits, problem.loss_ref), x_adv)
             success = problem.success(logits)
             if not self.keep_best:
                 return _Best(x=x_adv, loss=loss, logits=logits, success=success)
@@ -118,9 +118,19 @@ class PGD(Attack):
             g = problem.query(self.gradients, model, x_adv, scores=self.keep_best)
             with torch.no_grad():  # bookkeeping and update build no graph
                 if self.keep_best:
-                    best = _Best.better_of(best, x_adv, g.loss, g.logits, problem.success(g.logits))
-                x_adv = threat.project(x_adv + threat.step(g.grad, alpha), x)
+                    ranked = self._ranked(g.loss, x_adv)
+                    best = _Best.better_of(best, x_adv, ranked, g.logits, problem.success(g.logits))
+                x_adv = threat.project(x_adv + threat.step(self._ascent(g.grad, x_adv), alpha), x)
         return x_adv, best
+
+    # Hooks for attacks that add a term of the input alone to the loss (the kNN attack's smoothness penalty).
+    def _ascent(self, grad: Tensor, x_adv: Tensor) -> Tensor:
+        """The ascent direction from the model-loss gradient at ``x_adv`` (PGD: the gradient itself)."""
+        return grad
+
+    def _ranked(self, loss: Tensor, x_adv: Tensor) -> Tensor:
+        """The (B,) value iterates are ranked by (PGD: the loss itself)."""
+        return loss
 
 
 @dataclass

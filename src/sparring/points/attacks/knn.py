@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from sparring.attacks.base import ATTACKS, AttackResult, Problem
-from sparring.attacks.pgd import PGD, _Best
+from sparring.attacks.pgd import PGD
 from sparring.errors import ConfigError, DataError, ThreatModelError
 from sparring.points.geometry import knn
 from sparring.points.threat import PointSet
@@ -89,34 +89,12 @@ class KNNAttack(PGD):
                 result.loss = problem.loss_fn(result.logits, problem.loss_ref)
         return result
 
-    def _objective(self, loss: Tensor, x_adv: Tensor) -> Tensor:
+    def _ranked(self, loss: Tensor, x_adv: Tensor) -> Tensor:
         with torch.no_grad():
             return loss - self.smoothness * self.penalty(x_adv).to(loss.dtype)
 
-    def _descend(self, model: nn.Module, problem: Problem, alpha: Tensor, x_adv: Tensor) -> _Best:
-        x_adv, best = self._steps(model, problem, alpha, x_adv)
-        with torch.no_grad():
-            logits = model(x_adv)
-            objective = self._objective(problem.loss_fn(logits, problem.loss_ref), x_adv)
-            if not self.keep_best:
-                return _Best(x=x_adv, loss=objective, logits=logits, success=problem.success(logits))
-            return _Best.better_of(best, x_adv, objective, logits, problem.success(logits))
-
-    def _steps(
-        self, model: nn.Module, problem: Problem, alpha: Tensor, x_adv: Tensor
-    ) -> tuple[Tensor, _Best | None]:
-        x, threat = problem.x, problem.threat
-        best: _Best | None = None
-        for _ in range(self.steps):
-            g = problem.query(self.gradients, model, x_adv, scores=self.keep_best)
-            points = x_adv.detach().requires_grad_(True)
-            with torch.enable_grad():
-                penalty = self.penalty(points)
-                (g_penalty,) = torch.autograd.grad(penalty.sum(), points)
-            with torch.no_grad():
-                if self.keep_best:
-                    objective = g.loss - self.smoothness * penalty.detach().to(g.loss.dtype)
-                    best = _Best.better_of(best, x_adv, objective, g.logits, problem.success(g.logits))
-                ascent = g.grad - self.smoothness * g_penalty.to(g.grad.dtype)
-                x_adv = threat.project(x_adv + threat.step(ascent, alpha), x)
-        return x_adv, best
+    def _ascent(self, grad: Tensor, x_adv: Tensor) -> Tensor:
+        points = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g_penalty,) = torch.autograd.grad(self.penalty(points).sum(), points)
+        return grad - self.smoothness * g_penalty.to(grad.dtype)
