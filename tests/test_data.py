@@ -100,7 +100,7 @@ def test_named_source_checks_num_classes() -> None:
 
 
 def test_unknown_source_lists_accepted() -> None:
-    with pytest.raises(DataError, match=r"digits, mnist1d, shapes, cifar10, cifar100.*\.npz"):
+    with pytest.raises(DataError, match=r"digits, mnist1d, shapes, modelnet40, scanobjectnn, cifar10, cifar100.*\.npz"):
         load_data("mnist")
 
 

@@ -238,3 +238,20 @@ def test_scanobjectnn_errors(tmp_path: Path) -> None:
         load_scanobjectnn(tmp_path, variant="OBJ_BG", num_points=8)
     with pytest.raises(DataError, match="num_points must be a positive integer"):
         load_scanobjectnn(tmp_path, variant="OBJ_BG", num_points=0)
+
+
+def test_load_data_reads_the_h5_releases_by_source_name(tmp_path: Path) -> None:
+    from sparring.data import load_data
+
+    folder = tmp_path / "modelnet40_ply_hdf5_2048"
+    _write_h5(folder / "ply_data_train0.h5", 4, points=1024)
+    _write_h5(folder / "ply_data_test0.h5", 2, points=1024)
+    train, test = load_data("modelnet40", root=str(tmp_path))
+    assert train.x.shape == (4, 1024, 3) and test.num_classes == 40
+    scan = tmp_path / "h5_files" / "main_split"
+    _write_h5(scan / "training_objectdataset_augmentedrot_scale75.h5", 3, points=1024, k=15, label_2d=False)
+    _write_h5(scan / "test_objectdataset_augmentedrot_scale75.h5", 2, points=1024, k=15, label_2d=False)
+    train, _ = load_data("scanobjectnn", root=str(scan.parent))
+    assert train.x.shape == (3, 1024, 3) and train.num_classes == 15
+    with pytest.raises(DataError, match="needs root"):
+        load_data("modelnet40")
