@@ -18,6 +18,8 @@ import sparring.objectives as objectives
 from sparring.losses import cross_entropy
 from sparring.points.models import PointNet
 from sparring.points.threat import PointSet
+from sparring.recsys.data import synthetic
+from sparring.recsys.models import VBPR
 from sparring.threat import L2Ball, LinfBall, ThreatModel
 
 B = 8
@@ -108,6 +110,7 @@ class Domain:
     per_sample: ThreatModel
     default: ThreatModel
     other: ThreatModel
+    classes: int = 10  # logits per example (recommenders: [s(u, i+), s(u, i-)])
 
 
 CLOUD_POINTS = 32
@@ -159,6 +162,27 @@ DOMAINS: dict[str, Domain] = {
         default=PointSet(eps=4, radius=0.05), other=PointSet(eps=3, radius=0.05),
     ),
 }
+
+
+TINY_REC = synthetic(n_users=12, n_items=20, dim=6, interactions_per_user=5, seed=0)
+
+
+def rec_model(seed: int = 0, *, batch_norm: bool = True, dropout: bool = True) -> nn.Module:
+    """A tiny VBPR (LayerNorm projectors, no BatchNorm or Dropout to show; the flags are accepted and unused)."""
+    torch.manual_seed(seed)
+    return VBPR(data=TINY_REC, dim=8, visual_hidden=(16,), text_hidden=(16,))
+
+
+def rec_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """B (user, positive, negative) triples and the label 0 of the positive (BPR as cross-entropy)."""
+    g = torch.Generator().manual_seed(seed)
+    pairs = TINY_REC.train[torch.randint(len(TINY_REC.train), (B,), generator=g)]
+    negatives = torch.randint(TINY_REC.n_items, (B, 1), generator=g)
+    return torch.cat([pairs, negatives], dim=1), torch.zeros(B, dtype=torch.long)
+
+
+# Recommender objectives perturb item features inside the objective; the threats are unused placeholders.
+DOMAINS["recsys"] = dataclasses.replace(DOMAINS["any"], model=rec_model, batch=rec_batch, classes=2)
 
 
 def domain(name: str) -> Domain:
@@ -265,9 +289,10 @@ def built(name: str, model: nn.Module) -> objectives.Objective:
     """``name`` with defaults, after ``on_train_begin`` (2 epochs, the split above) and ``on_epoch_begin(1)``."""
     g = torch.Generator().manual_seed(99)
     y = torch.repeat_interleave(torch.arange(10), torch.tensor(LT_COUNTS))
-    x = torch.rand(len(y), *objective_domain(name).batch(0)[0].shape[1:], generator=g)  # images: (1, 8, 8)
+    sample = objective_domain(name).batch(0)[0]  # images: (B, 1, 8, 8); triples of indices have no float split
+    train = (torch.rand(len(y), *sample.shape[1:], generator=g), y) if sample.is_floating_point() else None
     objective = objectives.build(name)
-    objective.on_train_begin(model, class_counts=LT_COUNTS, epochs=2, train=(x, y))
+    objective.on_train_begin(model, class_counts=LT_COUNTS, epochs=2, train=train)
     objective.on_epoch_begin(model, epoch=1)
     return objective
 
@@ -287,7 +312,7 @@ class TestObjectiveContract:
         out = built(name, model)(model, x, y, generator=seeded())
         assert out.loss.shape == (B,)
         assert torch.isfinite(out.loss).all()
-        assert out.logits.shape == (B, 10)
+        assert out.logits.shape == (B, d.classes)
         out.loss.mean().backward()
         assert all(p.grad is not None for p in model.parameters())
 

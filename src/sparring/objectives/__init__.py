@@ -22,6 +22,7 @@ from sparring.objectives.robustlt import RobustLT
 from sparring.objectives.standard import Standard
 from sparring.objectives.trades import TRADES
 from sparring.points.mapr import MAPR  # the point-cloud domain's objective, registered here
+from sparring.recsys.uat_mc import APR, UATMC  # the recommender domain's objectives, registered here
 
 
 def available() -> list[str]:
@@ -36,6 +37,6 @@ def build(name: str, **settings: Any) -> Objective:
 
 __all__ = [
     "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT", "PredictedFGSM",
-    "MART", "MAPR", "ATBSL", "FreeAT", "DRO", "RobustLT", "AWP", "RAAT", "MCAT", "CatastrophicOverfittingWarning",
-    "available", "build", "threat_of",
+    "MART", "MAPR", "APR", "UATMC", "ATBSL", "FreeAT", "DRO", "RobustLT", "AWP", "RAAT", "MCAT",
+    "CatastrophicOverfittingWarning", "available", "build", "threat_of",
 ]
