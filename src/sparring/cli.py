@@ -38,9 +38,11 @@ def _notify(message: str) -> None:
 
 
 def _show(report: dict[str, Any], folder: Path) -> None:
+    from sparring.recsys.report import is_recsys_report
+    from sparring.recsys.report import summary_table as recsys_table
     from sparring.report import summary_table
 
-    out_console.print(summary_table(report))
+    out_console.print(recsys_table(report) if is_recsys_report(report) else summary_table(report))
     out_console.print(f"report: {folder / 'report.html'}")
 
 
@@ -63,11 +65,17 @@ ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue a killed 
 
 
 def _run_config(config: Path, out: Path | None, **kwargs: Any) -> tuple[dict[str, Any] | None, Path]:
-    from sparring.config import load_config
+    from sparring.config import load_any_config
+    from sparring.errors import ConfigError
     from sparring.experiment import run_experiment
+    from sparring.recsys.experiment import RecRunConfig, run_recsys
 
-    cfg = load_config(config)
+    cfg = load_any_config(config)
     folder = out or Path("runs") / (cfg.name or config.stem)
+    if isinstance(cfg, RecRunConfig):
+        if kwargs.pop("resume", False):
+            raise ConfigError("--resume is not supported for recommender (task: recsys) runs; run it again")
+        return run_recsys(cfg, folder, notify=_notify, **kwargs), folder
     return run_experiment(cfg, folder, notify=_notify, **kwargs), folder
 
 
@@ -301,8 +309,18 @@ def _progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int],
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding report.json.")]) -> None:
     """Re-render report.html from a run folder's report.json and print the summary."""
+    import json
+
+    from sparring.recsys.report import is_recsys_report, load_recsys_report, write_recsys_html
     from sparring.report import load_report, write_html
 
+    try:
+        raw = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raw = None  # load_report below names the problem
+    if is_recsys_report(raw):
+        _show(load_recsys_report(run_dir), write_recsys_html(run_dir).parent)
+        return
     data = load_report(run_dir / "report.json")
     page = write_html(run_dir)
     _show(data, page.parent)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -30,6 +30,9 @@ from sparring.models import settings_of
 from sparring.objectives import OBJECTIVES, Objective, threat_of
 from sparring.threat import ThreatModel, make_threat
 from sparring.train import TrainConfig
+
+if TYPE_CHECKING:
+    from sparring.recsys.experiment import RecRunConfig
 
 
 class _Strict(BaseModel):
@@ -133,7 +136,24 @@ class RunConfig(_Strict):
 # --------------------------------------------------------------------------- loading
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML run config; every problem is one ConfigError line."""
-    path = Path(path)
+    return parse_config(_read_yaml(Path(path)), source=str(path))
+
+
+def load_any_config(path: str | Path) -> RunConfig | RecRunConfig:
+    """A :class:`RunConfig`, or a :class:`~sparring.recsys.experiment.RecRunConfig` when the YAML says
+    ``task: recsys`` (``task`` absent or ``classification``: the image path)."""
+    raw = _read_yaml(Path(path))
+    task = raw.get("task", "classification")
+    if task == "recsys":
+        from sparring.recsys.experiment import parse_rec_config
+
+        return parse_rec_config(raw, source=str(path))
+    if task != "classification":
+        raise ConfigError(f"{path}: task: must be classification or recsys, got {task!r}")
+    return parse_config({k: v for k, v in raw.items() if k != "task"}, source=str(path))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -144,11 +164,13 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return parse_config(raw, source=str(path))
+    return raw
 
 
 def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
     """Validate a config mapping, building every component once so errors surface before any work."""
+    if raw.get("task") == "recsys":
+        raise ConfigError(f"{source}: task: a recsys config is read by load_any_config (sparring run dispatches on it)")
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -326,9 +326,19 @@ class MMGCN(Recommender):
         self.register_buffer("edge_weight", 1.0 / degree[dst])
 
     def propagate(self, x: Tensor) -> Tensor:
-        """Mean over graph neighbours, ``D⁻¹A x``: x ([T,] N, d) → ([T,] N, d)."""
-        messages = x[..., self.edge_src, :] * self.edge_weight[:, None]
-        return torch.zeros_like(x).index_add_(-2, self.edge_dst, messages)
+        """Mean over graph neighbours, ``D⁻¹A x``: x ([T,] N, d) → ([T,] N, d).
+
+        One sparse (N, N) product with the T copies side by side as columns: gathering per-edge messages would
+        materialise a (T, E, d) tensor, gigabytes for a promotion attack's hundred copies."""
+        adjacency = torch.sparse_coo_tensor(
+            torch.stack([self.edge_dst, self.edge_src]), self.edge_weight.to(x.dtype), (x.shape[-2], x.shape[-2]),
+            check_invariants=False,  # built from our own buffers: valid by construction
+        )
+        if x.dim() == 2:
+            return torch.sparse.mm(adjacency, x)
+        t, n, d = x.shape
+        out = torch.sparse.mm(adjacency, x.transpose(0, 1).reshape(n, t * d))  # (N, T·d)
+        return out.reshape(n, t, d).transpose(0, 1)
 
     def embed(self, v_hat: Tensor | None = None, t_hat: Tensor | None = None) -> tuple[Tensor, Tensor]:
         v_hat, t_hat = self.features(v_hat, t_hat)
