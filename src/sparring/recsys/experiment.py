@@ -28,15 +28,15 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import sparring
 from sparring.checkpoint import save_weights
-from sparring.config import _first_error, build_component
+from sparring.config import _first_error, _Strict, build_component
 from sparring.errors import ConfigError
 from sparring.experiment import prepare_run_dir
 from sparring.files import atomic_write_json, atomic_write_text
@@ -54,8 +54,13 @@ TASK = "recsys"
 OBJECTIVE_INPUTS = ("recsys", "any")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _positive_cutoffs(value: list[int]) -> list[int]:
+    if any(k < 1 for k in value):
+        raise ValueError(f"every K must be >= 1, got {value}")
+    return value
+
+
+Cutoffs = Annotated[list[int], AfterValidator(_positive_cutoffs)]  # the K of @K metrics
 
 
 class RecDataSpec(_Strict):
@@ -108,7 +113,7 @@ class PromotionSpec(_Strict):
     kinds: list[Literal["random", "cold", "hot"]] = Field(default_factory=lambda: ["random"], min_length=1)
     anchor_fraction: float = Field(default=0.4, gt=0, le=1)
     k: int = Field(default=50, ge=1)
-    ks: list[int] = Field(default_factory=lambda: [10, 20, 50, 100], min_length=1)  # HR@K cut-offs (k is added)
+    ks: Cutoffs = Field(default_factory=lambda: [10, 20, 50, 100], min_length=1)  # HR@K cut-offs (k is added)
     cold_max: int = Field(default=5, ge=0)
     hot_min: int = Field(default=50, ge=1)
 
@@ -119,27 +124,13 @@ class PromotionSpec(_Strict):
             raise ValueError(f"every eps must be a finite number >= 0, got {value}")
         return value
 
-    @field_validator("ks")
-    @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if any(k < 1 for k in value):
-            raise ValueError(f"every K must be >= 1, got {value}")
-        return value
-
     def hr_ks(self) -> list[int]:
         return sorted({*self.ks, self.k})
 
 
 class RecEvalSpec(_Strict):
-    ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50], min_length=1)
+    ks: Cutoffs = Field(default_factory=lambda: [5, 10, 20, 50], min_length=1)
     promotion: PromotionSpec | None = Field(default_factory=PromotionSpec)  # null: ranking quality only
-
-    @field_validator("ks")
-    @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if any(k < 1 for k in value):
-            raise ValueError(f"every K must be >= 1, got {value}")
-        return value
 
 
 class RecRunConfig(_Strict):
