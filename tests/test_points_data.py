@@ -255,3 +255,12 @@ def test_load_data_reads_the_h5_releases_by_source_name(tmp_path: Path) -> None:
     assert train.x.shape == (3, 1024, 3) and train.num_classes == 15
     with pytest.raises(DataError, match="needs root"):
         load_data("modelnet40")
+
+
+def test_shapes_source_mixes_the_classes_of_its_test_split() -> None:
+    from sparring.data import load_data
+
+    _, test = load_data("shapes", seed=0)
+    assert len(set(test.y[:40].tolist())) >= 8  # the first points (max_samples, report examples) span the classes
+    _, again = load_data("shapes", seed=0)
+    assert torch.equal(test.y, again.y)

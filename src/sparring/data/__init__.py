@@ -8,6 +8,8 @@ offline), ``"mnist1d"`` (generated in code), ``"shapes"`` (procedural point clou
 
 from __future__ import annotations
 
+import torch
+
 from sparring.data.cifar import LAYOUTS, load_cifar
 from sparring.data.dataset import Dataset, stratified_split
 from sparring.data.digits import load_digits
@@ -52,6 +54,9 @@ def load_data(
         from sparring.points.data import load_shapes  # deferred: the point-cloud domain imports this package
 
         train, test = load_shapes(test_fraction=test_fraction, seed=seed)
+        # The procedural set comes grouped by class: shuffle the test split so that max_samples and the report's
+        # examples see every class (training shuffles its own batches).
+        test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(seed)))
     elif source in ("modelnet40", "scanobjectnn"):
         from sparring.points.data import load_modelnet40, load_scanobjectnn
 
