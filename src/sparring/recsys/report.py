@@ -11,24 +11,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter
+from matplotlib.ticker import NullFormatter, PercentFormatter
 from rich.markup import escape
 from rich.table import Table
 
 from sparring.errors import RunFolderError
 from sparring.files import atomic_write_text
-from sparring.report.html import format_seconds, read_metrics
-from sparring.report.plots import to_base64_png
+from sparring.report import plots
+from sparring.report.html import HTML_FILE, METRICS_FILE, figure_png, format_seconds, read_metrics, render_template
 from sparring.report.schema import REPORT_FILE, is_number
 
-HTML_FILE = "report.html"
-METRICS_FILE = "metrics.jsonl"
 BEFORE_COLOR = "0.25"
 METHOD_COLORS = {"fgsm": "#3b6fb6", "pgd": "#d9662b"}
 METHOD_STYLES = {"fgsm": ("-", "o"), "pgd": ("-.", "s")}  # distinguishable where the two coincide
@@ -185,7 +181,7 @@ def promotion_figure(report: Mapping[str, Any]) -> Figure | None:
         ax.set_xlabel("K")
         ax.set_ylabel("mean target HR@K over anchors")
         ax.set_title(f"{kind} targets", fontsize=10)
-        _style(ax)
+        plots.style_axes(ax)
         ax.legend(loc="upper left", fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
@@ -203,55 +199,15 @@ def _shade(eps: float, values: Sequence[float]) -> float:
     return 0.35 + 0.65 * (values.index(eps) / (len(values) - 1)) if eps in values else 1.0
 
 
-def _style(ax: Any) -> None:
-    ax.grid(True, alpha=0.3, linewidth=0.6)
-    ax.spines["top"].set_visible(False)
-    ax.spines["right"].set_visible(False)
-
-
 def training_figure(metrics: Sequence[Mapping[str, Any]]) -> Figure | None:
     """Per-epoch losses (loss, objective_loss, adv_bpr) and, for UAT-MC / APR, the cross-modal cosines."""
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for index, row in enumerate(metrics):
-        x = float(row["epoch"]) if is_number(row.get("epoch")) else float(index + 1)
-        for key in ("loss", "objective_loss", "adv_bpr", "grad_cosine", "delta_cosine"):
-            if is_number(row.get(key)):
-                xs, ys = series.setdefault(key, ([], []))
-                xs.append(x)
-                ys.append(float(row[key]))
-    panels = [(title, [k for k in keys if k in series]) for title, keys in (
+    return plots.training_figure(metrics, panels=[
         ("loss", ("loss", "objective_loss", "adv_bpr")),
         ("cross-modal cosine (visual vs text)", ("grad_cosine", "delta_cosine")),
-    )]
-    panels = [(title, keys) for title, keys in panels if keys]
-    if not panels:
-        return None
-    fig = Figure(figsize=(4.4 * len(panels) + 0.6, 3.5))
-    for i, (title, keys) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        for key in keys:
-            xs, ys = series[key]
-            ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=key)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        _style(ax)
-        ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    return fig
-
-
-def _image(fig: Figure | None) -> str | None:
-    return None if fig is None else to_base64_png(fig)
+    ])
 
 
 # --------------------------------------------------------------------------- HTML
-@cache
-def _environment() -> Environment:
-    return Environment(loader=PackageLoader("sparring.report", "templates"), autoescape=select_autoescape(["html"]),
-                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-
-
 def render_recsys_report(
     report: Mapping[str, Any], *, metrics: Sequence[Mapping[str, Any]] = (), title: str | None = None,
     notes: Sequence[str] = (),
@@ -278,11 +234,11 @@ def render_recsys_report(
         "raw": json.dumps(report, indent=2, ensure_ascii=False, default=str),
         "notes": list(notes),
         "img": {
-            "promotion": _image(promotion_figure(report)),
-            "training": _image(training_figure(metrics)),
+            "promotion": figure_png(promotion_figure(report)),
+            "training": figure_png(training_figure(metrics)),
         },
     }
-    return _environment().get_template("recsys.html").render(**context)
+    return render_template("recsys.html", **context)
 
 
 def write_recsys_html(run_dir: Path) -> Path:

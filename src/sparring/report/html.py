@@ -55,11 +55,13 @@ def _environment() -> Environment:
     return env
 
 
-def _render(template: str, **context: Any) -> str:
+def render_template(template: str, **context: Any) -> str:
+    """Render one of ``sparring/report/templates`` (shared by every domain's report page)."""
     return _environment().get_template(template).render(**context)
 
 
-def _image(fig: Any) -> str | None:
+def figure_png(fig: Any) -> str | None:
+    """A matplotlib Figure as base64 PNG for an ``<img>``; None stays None (a plot with nothing to show)."""
     return None if fig is None else plots.to_base64_png(fig)
 
 
@@ -140,8 +142,8 @@ def _examples(examples: Mapping[str, np.ndarray] | None, class_names: Sequence[s
     if examples is None or "clean" not in examples or "adv" not in examples:
         return None, "images"
     if _is_point_clouds(np.asarray(examples["clean"])):
-        return _image(plots.cloud_examples_figure(examples, class_names)), "clouds"
-    return _image(plots.examples_figure(examples, class_names)), "images"
+        return figure_png(plots.cloud_examples_figure(examples, class_names)), "clouds"
+    return figure_png(plots.examples_figure(examples, class_names)), "images"
 
 
 # -- one run -------------------------------------------------------------------------------------------
@@ -356,14 +358,14 @@ def render_report(
         "raw": json.dumps(report, indent=2, ensure_ascii=False, default=str),
         "notes": list(notes),
         "img": {
-            "eps_curve": _image(plots.eps_curve_figure(report)),
-            "per_class": _image(plots.per_class_figure(report)),
-            "training": _image(plots.training_figure(metrics, training.get("events") or [])),
+            "eps_curve": figure_png(plots.eps_curve_figure(report)),
+            "per_class": figure_png(plots.per_class_figure(report)),
+            "training": figure_png(plots.training_figure(metrics, training.get("events") or [])),
             "examples": examples_img,
         },
         "examples_kind": examples_kind,
     }
-    return _render("report.html", **context)
+    return render_template("report.html", **context)
 
 
 def write_html(run_dir: Path) -> Path:
@@ -440,11 +442,11 @@ def write_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
                 "failed": [str(c.get("name")) for c in failed_checks(report)],
             }
         )
-    html = _render(
+    html = render_template(
         "comparison.html",
         title="Run comparison",
         rows=rows,
-        curves=_image(plots.comparison_figure(list(zip(labels, reports, strict=True)))),
+        curves=figure_png(plots.comparison_figure(list(zip(labels, reports, strict=True)))),
     )
     atomic_write_text(out, html)
     return out

@@ -38,7 +38,7 @@ def to_base64_png(fig: Figure, *, dpi: int = 100) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _style(ax: Axes) -> None:
+def style_axes(ax: Axes) -> None:
     ax.grid(True, alpha=0.3, linewidth=0.6)
     ax.spines["top"].set_visible(False)
     ax.spines["right"].set_visible(False)
@@ -54,7 +54,7 @@ def _finish_eps_axes(fig: Figure, ax: Axes, norm_label: str) -> Figure:
     ax.set_xlabel(f"ε ({norm_label})")
     ax.set_ylabel("robust accuracy")
     _accuracy_axis(ax)
-    _style(ax)
+    style_axes(ax)
     ax.legend(loc="best", fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
@@ -118,7 +118,7 @@ def per_class_figure(report: Mapping[str, Any], *, max_labels: int = 40) -> Figu
     ax.set_ylabel("accuracy")
     ax.set_xlim(-0.6, len(rows) - 0.4)
     _accuracy_axis(ax)
-    _style(ax)
+    style_axes(ax)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
@@ -135,11 +135,17 @@ def _events(metrics: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, 
     return sorted(found)
 
 
-def training_figure(metrics: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]] = ()) -> Figure | None:
+def training_figure(
+    metrics: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]] = (),
+    *,
+    panels: Sequence[tuple[str, Sequence[str]]] | None = None,
+) -> Figure | None:
     """Training curves from ``metrics.jsonl`` rows: losses, accuracies, other ``val_*`` metrics, against epoch.
 
     ``events`` are the report's ``training.events`` (``{"epoch", "kind"}``); they and any ``"event"`` rows
-    are drawn as vertical lines, red for catastrophic overfitting.
+    are drawn as vertical lines, red for catastrophic overfitting. ``panels`` (title, metric names) replaces the
+    default grouping (a domain's own curves, e.g. a recommender's cross-modal cosines); absent names are skipped.
     """
     series: dict[str, tuple[list[float], list[float]]] = {}
     for index, row in enumerate(metrics):
@@ -150,13 +156,16 @@ def training_figure(metrics: Sequence[Mapping[str, Any]], events: Sequence[Mappi
             xs, ys = series.setdefault(key, ([], []))
             xs.append(x)
             ys.append(float(value))
-    panels: list[tuple[str, list[str]]] = [
-        ("loss", [k for k in series if "loss" in k]),
-        ("accuracy", [k for k in series if "acc" in k and "loss" not in k]),
-    ]
-    used = {k for _, keys in panels for k in keys}
-    panels.append(("other validation metrics", [k for k in series if k.startswith("val_") and k not in used]))
-    panels = [(title, keys) for title, keys in panels if keys]
+    if panels is None:
+        grouped: list[tuple[str, list[str]]] = [
+            ("loss", [k for k in series if "loss" in k]),
+            ("accuracy", [k for k in series if "acc" in k and "loss" not in k]),
+        ]
+        used = {k for _, keys in grouped for k in keys}
+        grouped.append(("other validation metrics", [k for k in series if k.startswith("val_") and k not in used]))
+    else:
+        grouped = [(title, [k for k in keys if k in series]) for title, keys in panels]
+    panels = [(title, keys) for title, keys in grouped if keys]
     if not panels:
         return None
     fig = Figure(figsize=(4.2 * len(panels) + 0.6, 3.6))
@@ -180,7 +189,7 @@ def training_figure(metrics: Sequence[Mapping[str, Any]], events: Sequence[Mappi
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        _style(ax)
+        style_axes(ax)
         ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
