@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -192,9 +193,15 @@ def check_model_spec(spec: ModelSpec) -> None:
         accepted = settings_of(spec.name)
     except ConfigError as exc:
         raise ConfigError(f"model.name: {exc}") from None
-    unknown = sorted(set(spec.settings()) - set(accepted))
+    reject_unknown_settings(spec.name, spec.settings(), accepted)
+
+
+def reject_unknown_settings(name: str, settings: Mapping[str, Any], accepted: Iterable[str]) -> None:
+    """A ConfigError naming the first of ``settings`` that model ``name`` does not accept."""
+    accepted = list(accepted)
+    unknown = sorted(set(settings) - set(accepted))
     if unknown:
-        raise ConfigError(f"model.{unknown[0]}: unknown setting for {spec.name!r} (accepted: {', '.join(accepted)})")
+        raise ConfigError(f"model.{unknown[0]}: unknown setting for {name!r} (accepted: {', '.join(accepted)})")
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -36,7 +36,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 import sparring
 from sparring.checkpoint import save_weights
-from sparring.config import _first_error, _Strict, build_component
+from sparring.config import _first_error, _Strict, build_component, reject_unknown_settings
 from sparring.errors import ConfigError
 from sparring.experiment import prepare_run_dir
 from sparring.files import atomic_write_json, atomic_write_text
@@ -187,9 +187,7 @@ def check_rec_model_spec(spec: RecModelSpec) -> None:
     except ConfigError as exc:
         raise ConfigError(f"model.name: {exc}") from None
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "data")]
-    unknown = sorted(set(spec.settings()) - set(accepted))
-    if unknown:
-        raise ConfigError(f"model.{unknown[0]}: unknown setting for {spec.name!r} (accepted: {', '.join(accepted)})")
+    reject_unknown_settings(spec.name, spec.settings(), accepted)
     toy = synthetic(n_users=4, n_items=6, dim=2, interactions_per_user=3, seed=0)
     try:
         build_recommender(spec.name, toy, **spec.settings())
