@@ -7,15 +7,14 @@ the CLI cases call ``sparring.cli.main`` in process with argv patched (as tests/
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from test_cli import one_error_line, run_main  # the in-process CLI runner of the image path's tests
 
-from sparring.cli import main
 from sparring.config import load_any_config, load_config, parse_config
 from sparring.errors import ConfigError
 from sparring.recsys.experiment import RecRunConfig, parse_rec_config, run_recsys
@@ -187,23 +186,6 @@ def test_example_config_parses():
 
 
 # --------------------------------------------------------------------------- the CLI
-def run_main(argv: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["sparring", *argv])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error:"), stderr
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
