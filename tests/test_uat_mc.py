@@ -44,7 +44,7 @@ def test_perturbation_is_a_row_wise_fgm_step_within_the_budget(trained):
     model, x, y = trained["models"]["vbpr"], trained["x"], trained["y"]
     objective = UATMC(eps=0.05)
     v_hat, t_hat = model.aligned()
-    delta_v, delta_t, _, leak = objective.perturbation(model, x, y, v_hat, t_hat)
+    delta_v, delta_t, _, _, leak = objective.perturbation(model, x, y, v_hat, t_hat)
     for delta in (delta_v, delta_t):
         assert delta.abs().max() <= 0.05 + 1e-6
         norms = delta.norm(dim=1)

@@ -84,12 +84,14 @@ class UATMC(Objective):
 
     def perturbation(
         self, model: Recommender, x: Tensor, y: Tensor, v_hat: Tensor, t_hat: Tensor
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
-        """(δ_v, δ_t) for all items (detached), diagnostics, and the code's parameter-gradient leak (0 unless set)."""
+    ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], Tensor]:
+        """(δ_v, δ_t) for all items (detached), the clean logits (B, 2) with their graph (δ = 0: the clean forward,
+        reused for the clean loss), diagnostics, and the code's parameter-gradient leak (0 unless set)."""
         delta_v = torch.zeros_like(v_hat, requires_grad=True)
         delta_t = torch.zeros_like(t_hat, requires_grad=True)
         with torch.enable_grad():
-            clean = cross_entropy(model(x, v_hat=v_hat + delta_v, t_hat=t_hat + delta_t), y)  # (B,) BPR at δ = 0
+            logits = model(x, v_hat=v_hat + delta_v, t_hat=t_hat + delta_t)  # (B, 2) at δ = 0
+            clean = cross_entropy(logits, y)  # (B,) BPR
             live = self.second_order and self.gamma > 0
             g_v, g_t = torch.autograd.grad(clean.mean(), (delta_v, delta_t), create_graph=live, retain_graph=True)
             rows = _touched(g_v.detach(), g_t.detach())
@@ -110,7 +112,7 @@ class UATMC(Objective):
                 "delta_cosine": _mean_cosine(delta_v, delta_t, rows),
             }
         leak = clean.mean() + self.gamma * cosine if self.param_grad_leak else clean.new_zeros(())
-        return delta_v, delta_t, diagnostics, leak
+        return delta_v, delta_t, logits, diagnostics, leak
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
@@ -120,8 +122,7 @@ class UATMC(Objective):
                               f"{type(model).__name__}")
         check_triples(x)
         v_hat, t_hat = model.aligned()  # (n_items, 64) each, differentiable in the projector
-        delta_v, delta_t, diagnostics, leak = self.perturbation(model, x, y, v_hat, t_hat)
-        logits = model(x, v_hat=v_hat, t_hat=t_hat)
+        delta_v, delta_t, logits, diagnostics, leak = self.perturbation(model, x, y, v_hat, t_hat)
         adv = cross_entropy(model(x, v_hat=v_hat + delta_v, t_hat=t_hat + delta_t), y)
         loss = cross_entropy(logits, y) + self.adv_weight * adv + leak
         return ObjectiveOutput(loss=loss, logits=logits, metrics={**diagnostics, "adv_bpr": adv.detach().mean()})
