@@ -16,14 +16,18 @@ from torch import Tensor
 from sparring.errors import ConfigError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+#: Token references equal to this are ignored by sequence losses and success (padding, prompt positions).
+IGNORE = -100
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     """``CE(z, y) = −log softmax(z)_y``, shape (B,).
 
-    Sequence outputs (logits (B, k, V), token references (B, k)) give the mean token NLL per example."""
+    Sequence outputs (logits (B, k, V), token references (B, k)) give the mean token NLL per example, over
+    the positions whose reference is not :data:`IGNORE` (−100, Hugging Face's label for padding)."""
     if logits.dim() == 3:
-        return F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").mean(1)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none", ignore_index=IGNORE)
+        return nll.sum(1) / (y != IGNORE).sum(1).clamp_min(1)
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 

@@ -283,7 +283,7 @@ class Trainer:
             with acc.accumulate(model):
                 with acc.autocast():
                     out = self.objective(model, x, y, generator=generator)
-                loss = out.loss.float().mean()
+                loss = out.total()
                 acc.backward(loss)
                 if self.cfg.grad_clip is not None and acc.sync_gradients:
                     acc.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)

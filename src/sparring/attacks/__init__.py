@@ -13,6 +13,7 @@ from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem
 from sparring.attacks.cascade import SUITES, Cascade, suite
 from sparring.attacks.fgsm import FGSM, FGSMRS
 from sparring.attacks.pgd import PGD
+from sparring.attacks.sign_pgd import SignPGD
 from sparring.attacks.square import Square
 
 
@@ -27,8 +28,8 @@ def build(name: str, **settings: Any) -> Attack:
 
 
 __all__ = [
-    "APGD", "APGDTargeted", "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "PGD", "Problem", "Square",
-    "SUITES", "Cascade", "suite", "available", "build",
+    "APGD", "APGDTargeted", "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "PGD", "Problem", "SignPGD",
+    "Square", "SUITES", "Cascade", "suite", "available", "build",
 ]
 
 # Domain attacks register themselves on import; last, since they import the modules above. sparring.models

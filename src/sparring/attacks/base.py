@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from sparring.context import frozen_model
 from sparring.errors import ConfigError, DataError
 from sparring.gradients import Autograd, GradientSource, GradientStep
-from sparring.losses import LossFn, get_loss, targeted
+from sparring.losses import IGNORE, LossFn, get_loss, targeted
 from sparring.registry import Registry
 from sparring.threat import ThreatModel
 
@@ -200,13 +200,13 @@ def success_of(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
 
     For sequence outputs (logits (B, k, V), references (B, k) tokens) untargeted success means the greedy
     prediction differs from the reference at some position, targeted success that it equals the target
-    at every position."""
+    at every position; positions whose reference is :data:`~sparring.losses.IGNORE` do not count."""
     pred = logits.argmax(-1)
     if target is None:
         wrong = pred != y
-        return wrong.flatten(1).any(1) if wrong.dim() > 1 else wrong
+        return (wrong & (y != IGNORE)).flatten(1).any(1) if wrong.dim() > 1 else wrong
     right = pred == target
-    return right.flatten(1).all(1) if right.dim() > 1 else right
+    return (right | (target == IGNORE)).flatten(1).all(1) if right.dim() > 1 else right
 
 
 def check_batch(x: Tensor, y: Tensor, threat: ThreatModel) -> None:

@@ -155,16 +155,17 @@ class _Best:
         # Lexicographic (success, loss): a new success wins, a lost one loses, a tie goes to the higher loss.
         better = torch.where(success == best.success, loss > best.loss, success)
         rows = better.view((-1,) + (1,) * (x.dim() - 1))
+        logit_rows = better.view((-1,) + (1,) * (logits.dim() - 1))  # (B, K) classes or (B, k, V) sequences
         if best.owned:
             torch.where(rows, x, best.x, out=best.x)
             torch.where(better, loss, best.loss, out=best.loss)
-            torch.where(better[:, None], logits, best.logits, out=best.logits)
+            torch.where(logit_rows, logits, best.logits, out=best.logits)
             best.success |= success
             return best
         return _Best(
             x=torch.where(rows, x, best.x),
             loss=torch.where(better, loss, best.loss),
-            logits=torch.where(better[:, None], logits, best.logits),
+            logits=torch.where(logit_rows, logits, best.logits),
             success=best.success | success,
             owned=True,
         )

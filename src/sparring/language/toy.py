@@ -12,11 +12,18 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sparring.errors import ConfigError
+
+#: The chat template of :func:`word_tokenizer`: ``<s> <|user|> {prompt} <|assistant|> {response}``.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+SPECIAL = ("[PAD]", "[UNK]", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>")
 
 TOPICS: dict[str, tuple[str, ...]] = {
     "food": ("recipe", "kitchen", "bread", "cheese", "soup", "flavor", "chef", "restaurant", "dessert", "spice",
@@ -76,3 +83,19 @@ def topic_prompts(
     filler_tok = filler[torch.randint(len(filler), (n, prompt_len), generator=g)]
     prompt = torch.where(from_topic, topic_tok, filler_tok)
     return torch.cat([prompt, responses[topic]], 1), topic
+
+
+def word_tokenizer(words: Iterable[str], *, chat_template: str | None = CHAT_TEMPLATE) -> Any:
+    """A Hugging Face fast tokenizer splitting on whitespace, over :data:`SPECIAL` + ``words`` (in that order,
+    duplicates dropped), with pad ``[PAD]`` (id 0), BOS ``<s>``, EOS ``</s>`` and :data:`CHAT_TEMPLATE`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for token in (*SPECIAL, *words):
+        vocab.setdefault(token, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.add_special_tokens(list(SPECIAL[2:]))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", bos_token="<s>",
+                                   eos_token="</s>", chat_template=chat_template)

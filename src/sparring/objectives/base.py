@@ -32,11 +32,23 @@ OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
 @dataclass
 class ObjectiveOutput:
-    """Per-example ``loss`` (B,), the ``logits`` (B, K) the model was trained on, scalar ``metrics``."""
+    """Per-example ``loss`` (B,), the ``logits`` (B, K) the model was trained on, scalar ``metrics``.
+
+    ``extra`` is an optional scalar added to the batch loss outside the per-example terms: a term on other
+    data than the batch's rows (CAT's utility loss on benign chats), which reweighting wrappers (DRO) leave
+    alone. Train on :meth:`total`.
+    """
 
     loss: Tensor
     logits: Tensor
     metrics: dict[str, float | Tensor] = field(default_factory=dict)
+    extra: Tensor | None = None
+
+    def total(self) -> Tensor:
+        """The scalar to minimize: mean of the per-example losses (0 for an empty batch) plus ``extra``."""
+        loss = self.loss.float()
+        mean = loss.mean() if loss.numel() else loss.sum()
+        return mean if self.extra is None else mean + self.extra.float()
 
 
 @dataclass(kw_only=True)

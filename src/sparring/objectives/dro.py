@@ -175,6 +175,8 @@ class DRO(Objective):
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
     ) -> ObjectiveOutput:
         out = self.base(model, x, y, generator=generator)
+        if out.loss.numel() == 0:  # nothing to reweight (a language batch with no behaviours): ``extra`` only
+            return out
         losses = out.loss.float()  # (B,)
         temperature = self.current_temperature().to(losses.device)
         with torch.no_grad():
@@ -194,7 +196,7 @@ class DRO(Objective):
             "dro_weight_max": weights.max(),
             "dro_temperature": temperature.detach(),
         }
-        return ObjectiveOutput(loss=loss, logits=out.logits, metrics=metrics)
+        return ObjectiveOutput(loss=loss, logits=out.logits, metrics=metrics, extra=out.extra)  # extra: not reweighted
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "eta": float(self._eta)}

@@ -1,0 +1,206 @@
+"""A causal LM seen as ``model(x) → logits`` of continuations, with x the prompt's representation at chosen layers.
+
+:class:`PromptView` is how the core's attacks, threat models and gradient sources reach a language model. Its
+input x is the prompt block of a :class:`~sparring.language.batch.ChatBatch` at one or more *layers*:
+
+* ``"embedding"``: the input token embeddings (B, P, D), the space of CAT's embedding attack;
+* an int ℓ: the residual stream after decoder layer ℓ (B, P, D), the space of latent adversarial training;
+  a float f in [0, 1) names layer ⌊f·n⌋ of the model's n, so a setting carries across depths.
+
+With L layers, x stacks them along the token axis: (B, L·P, D), layer after layer, so a per-token ball
+(:class:`~sparring.threat.TokenL2Ball`) bounds each layer's perturbation of each token separately (LAT's
+per-layer, per-token L2 budget). The perturbation is **additive**: ``forward(x)`` adds δ_ℓ = (x_ℓ − x⁰_ℓ)·s
+to layer ℓ's output at the prompt positions with a forward hook, so a perturbation at a low layer still
+propagates to the higher ones. x⁰ (:meth:`PromptView.reference`) is the clean representation divided by
+the scale s, so budgets are relative: s is the mean embedding-row norm for ``"embedding"`` (CAT's unit,
+:func:`~sparring.language.embedding_scale`) and, for a hidden layer, the sample's own mean token norm there
+(``relative=False``: s = 1, LAT's absolute ε = 6 on Llama-3-8B).
+
+``forward(x)`` returns the logits (B, K₁+…+K_c, V) predicting each named continuation in turn, and
+:attr:`PromptView.labels` the matching (B, K₁+…) references with padding ignored, so
+``cross_entropy(view(x), view.labels)`` is each example's mean NLL over all its continuation tokens and
+:meth:`PromptView.split` cuts logits back into per-continuation pieces. The embeddings are recomputed from the
+token ids in every call, so the same view trains the model (gradients reach the embedding matrix) when the
+parameters require gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sparring.errors import ConfigError
+from sparring.language.batch import ChatBatch, Continuation
+from sparring.language.embedding import embedding_scale
+
+Layer = str | int | float
+
+
+def _resolve(layer: Layer, blocks: nn.ModuleList | None) -> Layer:
+    """A float f in (0, 1) names decoder layer ⌊f·n⌋ (LAT's layers 8, 16, 24 of 32 are 0.25, 0.5, 0.75)."""
+    if isinstance(layer, float) and blocks is not None:
+        if not 0 <= layer < 1:
+            raise ConfigError(f"a fractional layer must be in [0, 1), got {layer}")
+        return int(layer * len(blocks))
+    return layer
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a Hugging Face causal LM (also under a peft wrapper): the first ModuleList named
+    ``layers`` (``model.model.layers`` for Llama, Qwen, Mistral, Gemma)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layers", "h"):
+            return module
+    raise ConfigError(f"{type(model).__name__} has no decoder-layer list (a ModuleList named 'layers' or 'h')")
+
+
+def continuation_logits(model: nn.Module, prompt_embeds: Tensor, batch: ChatBatch, cont: Continuation) -> Tensor:
+    """(B, K, V) logits predicting ``cont`` after the prompt embeddings (B, P, D): one forward pass that keeps
+    only the K + 1 last positions (position P−1+k predicts continuation token k)."""
+    embeds = torch.cat([prompt_embeds, model.get_input_embeddings()(cont.ids).to(prompt_embeds.dtype)], 1)
+    attention = torch.cat([batch.prompt_attention, cont.attention], 1)
+    positions = (attention.cumsum(1) - 1).clamp_min(0)
+    k = cont.ids.shape[1]
+    out = model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, logits_to_keep=k + 1)
+    return out.logits[:, :-1]
+
+
+class PromptView(nn.Module):
+    """``model(x) → logits`` of the batch's ``continuations`` given the prompt representation x (module doc).
+
+    Args:
+        model: a Hugging Face causal LM (``inputs_embeds``, ``logits_to_keep``), peft-wrapped or not.
+        batch: the prompts and continuations.
+        continuations: names of the continuations whose logits ``forward`` returns, in order.
+        layers: ``"embedding"`` and/or decoder-layer indices, each perturbed at the prompt positions.
+        relative: budgets in units of the scale s (see the module doc); else absolute.
+    """
+
+    def __init__(self, model: nn.Module, batch: ChatBatch, continuations: Sequence[str], *,
+                 layers: Sequence[Layer] = ("embedding",), relative: bool = True) -> None:
+        super().__init__()
+        if not continuations:
+            raise ConfigError("a prompt view needs at least one continuation")
+        if not layers or len(set(layers)) != len(layers):
+            raise ConfigError(f"layers must be a non-empty list without repeats, got {list(layers)}")
+        blocks = decoder_layers(model) if any(layer != "embedding" for layer in layers) else None
+        layers = [_resolve(layer, blocks) for layer in layers]
+        for layer in layers:
+            if layer != "embedding" and not (isinstance(layer, int) and blocks is not None
+                                             and -len(blocks) <= layer < len(blocks)):
+                raise ConfigError(f"layer {layer!r} is neither 'embedding' nor a decoder-layer index "
+                                  f"(the model has {0 if blocks is None else len(blocks)})")
+        self.model, self.batch = model, batch
+        self.names = list(continuations)
+        self.conts = [batch.continuation(name) for name in self.names]
+        self.layers = list(layers)
+        self._blocks = blocks
+        self._reference, self._scale = self._clean(relative)
+
+    @property
+    def width(self) -> int:
+        """P, the prompt block's length."""
+        return int(self.batch.prompt_ids.shape[1])
+
+    @property
+    def labels(self) -> Tensor:
+        """(B, K₁+…+K_c) the continuations' token ids, padding set to IGNORE."""
+        return torch.cat([c.labels for c in self.conts], 1)
+
+    def reference(self) -> Tensor:
+        """The clean x⁰ (B, L·P, D), detached: attack around it."""
+        return self._reference
+
+    def mask(self) -> Tensor:
+        """(B, L·P) bool: the positions a per-token threat may move (the user prompt's tokens at every layer)."""
+        return self.batch.prompt_mask.repeat(1, len(self.layers))
+
+    def over(self, continuations: Sequence[str]) -> PromptView:
+        """The same view (same x⁰ and scale, so the same x) returning other continuations' logits."""
+        view = copy.copy(self)
+        view.names = list(continuations)
+        view.conts = [self.batch.continuation(name) for name in view.names]
+        return view
+
+    def delta(self, x: Tensor) -> Tensor:
+        """(B, L·P, D) the absolute perturbation (x − x⁰)·s that ``forward(x)`` adds."""
+        return (x - self._reference) * self._scale
+
+    def split(self, logits_or_labels: Tensor) -> dict[str, Tensor]:
+        """Cut (B, K₁+…, …) along dim 1 into the continuations' pieces, by name."""
+        sizes = [c.ids.shape[1] for c in self.conts]
+        return dict(zip(self.names, logits_or_labels.split(sizes, dim=1), strict=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        delta = self.delta(x)  # (B, L·P, D)
+        deltas = dict(zip(self.layers, delta.split(self.width, dim=1), strict=True))
+        embeds = self.model.get_input_embeddings()(self.batch.prompt_ids)
+        if "embedding" in deltas:
+            embeds = embeds + deltas["embedding"].to(embeds.dtype)
+        with self._adding({k: v for k, v in deltas.items() if k != "embedding"}):
+            return torch.cat([continuation_logits(self.model, embeds, self.batch, c) for c in self.conts], 1)
+
+    @contextmanager
+    def _adding(self, deltas: dict[Layer, Tensor]) -> Iterator[None]:
+        """Forward hooks adding δ_ℓ to decoder layer ℓ's output at the prompt positions."""
+        handles = []
+        width = self.width
+
+        def hook_for(delta: Tensor) -> Any:
+            def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+                hidden = output[0] if isinstance(output, tuple) else output
+                pad = hidden.new_zeros(hidden.shape[0], hidden.shape[1] - width, hidden.shape[2])
+                hidden = hidden + torch.cat([delta.to(hidden.dtype), pad], 1)
+                return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+            return hook
+
+        try:
+            for layer, delta in deltas.items():
+                assert self._blocks is not None and isinstance(layer, int)
+                handles.append(self._blocks[layer].register_forward_hook(hook_for(delta)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.no_grad()
+    def _clean(self, relative: bool) -> tuple[Tensor, Tensor]:
+        """(x⁰ (B, L·P, D), s (B, L·P, 1)): the clean prompt representation at each layer and its scale."""
+        states: dict[Layer, Tensor] = {}
+        handles = []
+        embeds = self.model.get_input_embeddings()(self.batch.prompt_ids)
+        if "embedding" in self.layers:
+            states["embedding"] = embeds
+        hidden_layers = [layer for layer in self.layers if layer != "embedding"]
+        if hidden_layers:
+            assert self._blocks is not None
+            for layer in hidden_layers:
+                def record(_m: nn.Module, _i: Any, output: Any, layer: Layer = layer) -> None:
+                    states[layer] = (output[0] if isinstance(output, tuple) else output).detach()
+                handles.append(self._blocks[layer].register_forward_hook(record))
+            try:
+                positions = (self.batch.prompt_attention.cumsum(1) - 1).clamp_min(0)
+                self.model(inputs_embeds=embeds, attention_mask=self.batch.prompt_attention, position_ids=positions,
+                           logits_to_keep=1)
+            finally:
+                for handle in handles:
+                    handle.remove()
+        chunks, scales = [], []
+        weights = self.batch.prompt_mask[..., None].to(embeds.dtype)
+        for layer in self.layers:
+            state = states[layer].float()
+            if not relative:
+                scale = torch.ones(state.shape[0], 1, 1, device=state.device)
+            elif layer == "embedding":
+                scale = torch.full((state.shape[0], 1, 1), embedding_scale(self.model), device=state.device)
+            else:  # the sample's mean token norm over its prompt tokens (batch-independent)
+                norms = state.norm(dim=-1, keepdim=True)
+                scale = (norms * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1)
+            chunks.append(state / scale)
+            scales.append(scale.expand(-1, state.shape[1], 1))
+        return torch.cat(chunks, 1).detach(), torch.cat(scales, 1).detach()
