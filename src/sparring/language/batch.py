@@ -85,7 +85,14 @@ class ChatBatch:
         return self._map(lambda t: t[index], utility=self.utility)
 
     def __getitem__(self, index: int) -> ChatBatch:
-        return self.rows(index)
+        """Row ``index`` as a one-row batch (IndexError past the end, so iteration stops)."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} of a batch of {len(self)}")
+        return self.rows(index % len(self))
+
+    def __contains__(self, key: object) -> bool:
+        """Mapping-style membership (libraries probe batches for keys such as ``"labels"``): the field names."""
+        return key in {f.name for f in fields(self)}
 
     def __setitem__(self, index: int, row: ChatBatch) -> None:
         """Copy a one-row batch of the same widths into row ``index`` (in place)."""

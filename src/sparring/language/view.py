@@ -122,9 +122,8 @@ class PromptView(nn.Module):
 
     def over(self, continuations: Sequence[str]) -> PromptView:
         """The same view (same x⁰ and scale, so the same x) returning other continuations' logits."""
-        view = copy.copy(self)
+        view = self._with([self.batch.continuation(name) for name in continuations])
         view.names = list(continuations)
-        view.conts = [self.batch.continuation(name) for name in view.names]
         return view
 
     def delta(self, x: Tensor) -> Tensor:
@@ -144,6 +143,32 @@ class PromptView(nn.Module):
             embeds = embeds + deltas["embedding"].to(embeds.dtype)
         with self._adding({k: v for k, v in deltas.items() if k != "embedding"}):
             return torch.cat([continuation_logits(self.model, embeds, self.batch, c) for c in self.conts], 1)
+
+    @torch.no_grad()
+    def generate(self, x: Tensor, *, max_new_tokens: int = 32, eos_token_id: int | None = None,
+                 pad_token_id: int = 0) -> Tensor:
+        """(B, n ≤ max_new_tokens) greedy continuation ids of the prompts represented by x, with the view's
+        perturbation applied at every step (no KV cache: each step reruns the prompt, so latent perturbations
+        hold exactly). Rows that emitted ``eos_token_id`` are padded with ``pad_token_id`` afterwards."""
+        b, device = len(self.batch), self.batch.device
+        ids = torch.empty(b, 0, dtype=torch.long, device=device)
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            grown = Continuation(ids=torch.cat([ids, ids.new_full((b, 1), pad_token_id)], 1),
+                                 attention=torch.ones(b, ids.shape[1] + 1, dtype=torch.long, device=device))
+            step = self._with([grown])(x)[:, -1].argmax(-1)  # the last position predicts the next token
+            step = torch.where(done, torch.full_like(step, pad_token_id), step)
+            ids = torch.cat([ids, step[:, None]], 1)
+            if eos_token_id is not None:
+                done |= step == eos_token_id
+                if bool(done.all()):
+                    break
+        return ids
+
+    def _with(self, conts: list[Continuation]) -> PromptView:
+        view = copy.copy(self)
+        view.names, view.conts = [f"c{i}" for i in range(len(conts))], conts
+        return view
 
     @contextmanager
     def _adding(self, deltas: dict[Layer, Tensor]) -> Iterator[None]:
