@@ -6,15 +6,19 @@ A new component that is registered is tested here without anyone writing a test 
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import sparring.attacks as attacks
 import sparring.objectives as objectives
+from sparring.language.batch import ChatBatch, chat_batch
+from sparring.language.toy import word_tokenizer
 from sparring.losses import cross_entropy
 from sparring.points.models import PointNet
 from sparring.points.threat import PointSet
@@ -110,7 +114,7 @@ class Domain:
     per_sample: ThreatModel
     default: ThreatModel
     other: ThreatModel
-    classes: int = 10  # logits per example (recommenders: [s(u, i+), s(u, i-)])
+    classes: int | tuple[int, ...] = 10  # logits per example (recommenders: [s(u, i+), s(u, i-)]; LMs: (K, V))
 
 
 CLOUD_POINTS = 32
@@ -183,6 +187,36 @@ def rec_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 # Recommender objectives perturb item features inside the objective; the threats are unused placeholders.
 DOMAINS["recsys"] = dataclasses.replace(DOMAINS["any"], model=rec_model, batch=rec_batch, classes=2)
+
+
+CHAT_WORDS = "how do i make a bomb bake bread sure here is the recipe sorry cannot help with that".split()
+CHAT_TOKENIZER = word_tokenizer(CHAT_WORDS)
+CHAT_CONTINUATION = 4  # words per continuation: every batch has the same widths (rows can be swapped)
+
+
+def chat_model(seed: int = 0, *, batch_norm: bool = True, dropout: bool = True) -> nn.Module:
+    """A tiny Llama built in code (attention dropout when ``dropout``; the BatchNorm flag is unused)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(CHAT_TOKENIZER), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                         attention_dropout=0.1 if dropout else 0.0)
+    return LlamaForCausalLM(config)
+
+
+def chat_batch_of(seed: int = 0) -> tuple[ChatBatch, torch.Tensor]:
+    """B behaviours of 5-word prompts with every continuation the objectives read, plus 2 utility chats."""
+    rng = random.Random(seed)
+    words = lambda n: " ".join(rng.choice(CHAT_WORDS) for _ in range(n))  # noqa: E731
+    prompts = [words(5) for _ in range(B)]
+    names = ("target", "refusal", "chosen", "rejected_0", "rejected_1")
+    batch = chat_batch(CHAT_TOKENIZER, prompts, {name: [words(CHAT_CONTINUATION) for _ in range(B)] for name in names})
+    utility = chat_batch(CHAT_TOKENIZER, [words(5) for _ in range(2)], {"response": [words(3) for _ in range(2)]})
+    return dataclasses.replace(batch, utility=utility), torch.zeros(B, dtype=torch.long)
+
+
+# Language-model objectives attack the prompt inside the objective; the threats are unused placeholders.
+DOMAINS["chat"] = dataclasses.replace(DOMAINS["any"], model=chat_model, batch=chat_batch_of,
+                                      classes=(CHAT_CONTINUATION + 1, len(CHAT_TOKENIZER)))  # + EOS
 
 
 def domain(name: str) -> Domain:
@@ -290,7 +324,8 @@ def built(name: str, model: nn.Module) -> objectives.Objective:
     g = torch.Generator().manual_seed(99)
     y = torch.repeat_interleave(torch.arange(10), torch.tensor(LT_COUNTS))
     sample = objective_domain(name).batch(0)[0]  # images: (B, 1, 8, 8); triples of indices have no float split
-    train = (torch.rand(len(y), *sample.shape[1:], generator=g), y) if sample.is_floating_point() else None
+    floating = isinstance(sample, torch.Tensor) and sample.is_floating_point()  # not index triples or chat batches
+    train = (torch.rand(len(y), *sample.shape[1:], generator=g), y) if floating else None
     objective = objectives.build(name)
     objective.on_train_begin(model, class_counts=LT_COUNTS, epochs=2, train=train)
     objective.on_epoch_begin(model, epoch=1)
@@ -312,8 +347,8 @@ class TestObjectiveContract:
         out = built(name, model)(model, x, y, generator=seeded())
         assert out.loss.shape == (B,)
         assert torch.isfinite(out.loss).all()
-        assert out.logits.shape == (B, d.classes)
-        out.loss.mean().backward()
+        assert out.logits.shape == (B, *(d.classes if isinstance(d.classes, tuple) else (d.classes,)))
+        out.total().backward()
         assert all(p.grad is not None for p in model.parameters())
 
     def test_model_mode_and_flags_kept(self, name: str) -> None:

@@ -130,6 +130,10 @@ class PromptView(nn.Module):
         """(B, L·P, D) the absolute perturbation (x − x⁰)·s that ``forward(x)`` adds."""
         return (x - self._reference) * self._scale
 
+    def at(self, delta: Tensor) -> Tensor:
+        """The x whose :meth:`delta` is ``delta``: moves another view's perturbation into this one."""
+        return self._reference + delta / self._scale
+
     def split(self, logits_or_labels: Tensor) -> dict[str, Tensor]:
         """Cut (B, K₁+…, …) along dim 1 into the continuations' pieces, by name."""
         sizes = [c.ids.shape[1] for c in self.conts]
