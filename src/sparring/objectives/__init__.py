@@ -10,6 +10,7 @@ from typing import Any
 from sparring.language.capo import CAPO  # the language domain's objectives, registered here
 from sparring.language.cat import CAT
 from sparring.language.lat import LAT
+from sparring.language.localalign import LocalAlign
 from sparring.language.warden import WARDEN
 from sparring.objectives.at_bsl import ATBSL
 from sparring.objectives.awp import AWP
@@ -41,7 +42,7 @@ def build(name: str, **settings: Any) -> Objective:
 
 __all__ = [
     "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT", "PredictedFGSM",
-    "MART", "MAPR", "APR", "UATMC", "CAT", "CAPO", "LAT", "WARDEN", "ATBSL", "FreeAT", "DRO", "RobustLT", "AWP",
-    "RAAT", "MCAT",
+    "MART", "MAPR", "APR", "UATMC", "CAT", "CAPO", "LAT", "LocalAlign", "WARDEN", "ATBSL", "FreeAT", "DRO",
+    "RobustLT", "AWP", "RAAT", "MCAT",
     "CatastrophicOverfittingWarning", "available", "build", "threat_of",
 ]
