@@ -1,13 +1,25 @@
-"""Language models in sparring: Hugging Face models attacked in embedding space.
+"""Language models in sparring: attacks, adversarial training and evaluation of Hugging Face models.
 
-``embedding``: wrappers that make a Hugging Face classifier or causal LM a ``model(x) → logits`` on token
-embeddings (``inputs_embeds``), so every core attack, threat model (per-token balls) and gradient source
-(autograd or predicted) applies. ``toy``: small labelled text sets and prompt/target corpora built in code.
-``data``: behaviours, utility data and prompt-injection tasks read from JSONL, and chat-template-aware encoding
-with prompt / response masks (where an embedding attack perturbs and where the loss is taken).
-Needs the ``transformers`` package (the ``hf`` extra).
+The path of a batch, for language models:
+
+* ``data``: behaviours (harmful prompt, harmful target, refusal), utility chats and prompt-injection tasks from
+  JSONL; chat-template-aware encoding. ``batch``: :class:`ChatBatch`, prompts aligned at their end plus named
+  continuations (the layout every attack, objective and evaluation shares).
+* ``view``: :class:`PromptView`, a causal LM as ``model(x) → logits`` of continuations, with x the prompt at the
+  embedding layer or in the residual stream, so the core's threat models, attacks and gradient sources apply.
+* ``prompt_attack``: the embedding attack (CAT) and the latent attack (LAT); ``suffix``: a GCG-style discrete
+  suffix search.
+* objectives (registered in :mod:`sparring.objectives`): ``cat``, ``capo``, ``lat``, ``warden``, ``localalign``.
+* ``evaluate`` / ``report``: attack success rate judged by a pluggable :class:`Judge`, utility and over-refusal.
+* ``embedding``: classifiers and causal LMs on ``inputs_embeds`` (gradient prediction on transformers);
+  ``toy``: small tasks and word-level tokenizers built in code.
+
+Needs the ``transformers`` package (the ``hf`` extra); LoRA through ``peft``.
 """
 
+from sparring.language.batch import ChatBatch, Continuation, behaviour_batch, chat_batch, utility_batch
+from sparring.language.capo import CAPO
+from sparring.language.cat import CAT
 from sparring.language.data import (
     Behaviour,
     EncodedChat,
@@ -19,10 +31,26 @@ from sparring.language.data import (
     read_jsonl,
 )
 from sparring.language.embedding import CausalLMTarget, EmbeddingSpace, TextClassifier, embedding_scale, padding_free
-from sparring.language.toy import topic_prompts, topic_texts
+from sparring.language.evaluate import default_attacks, evaluate_language
+from sparring.language.judge import REFUSAL_PATTERNS, ClassifierJudge, Judge, RefusalJudge
+from sparring.language.lat import LAT
+from sparring.language.localalign import LocalAlign, injection_batch, near_target_asr, near_target_edits
+from sparring.language.prompt_attack import PromptAttack, PromptAttackResult, embedding_attack, latent_attack
+from sparring.language.report import AttackOutcome, LanguageReport, compare
+from sparring.language.suffix import SuffixResult, SuffixSearch, insert_suffix
+from sparring.language.toy import safety_task, topic_prompts, topic_texts, word_tokenizer
+from sparring.language.view import PromptView, continuation_logits, decoder_layers
+from sparring.language.warden import WARDEN
 
 __all__ = [
     "Behaviour", "EncodedChat", "InjectionTask", "Utility", "collate", "encode_chat", "injection_prompt", "read_jsonl",
-    "CausalLMTarget", "EmbeddingSpace", "TextClassifier", "embedding_scale", "padding_free", "topic_prompts",
-    "topic_texts",
+    "ChatBatch", "Continuation", "behaviour_batch", "chat_batch", "utility_batch",
+    "PromptView", "continuation_logits", "decoder_layers",
+    "PromptAttack", "PromptAttackResult", "embedding_attack", "latent_attack",
+    "SuffixResult", "SuffixSearch", "insert_suffix",
+    "CAT", "CAPO", "LAT", "WARDEN", "LocalAlign", "injection_batch", "near_target_asr", "near_target_edits",
+    "Judge", "RefusalJudge", "ClassifierJudge", "REFUSAL_PATTERNS", "evaluate_language", "default_attacks",
+    "LanguageReport", "AttackOutcome", "compare",
+    "CausalLMTarget", "EmbeddingSpace", "TextClassifier", "embedding_scale", "padding_free",
+    "safety_task", "topic_prompts", "topic_texts", "word_tokenizer",
 ]

@@ -46,7 +46,8 @@ class Judge(Protocol):
 
 def _check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
     if len(prompts) != len(responses):
-        raise DataError(f"a judge needs one response per prompt, got {len(prompts)} prompts, {len(responses)} responses")
+        raise DataError(f"a judge needs one response per prompt, got {len(prompts)} prompts and "
+                        f"{len(responses)} responses")
 
 
 @dataclass(kw_only=True)

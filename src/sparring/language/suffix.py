@@ -182,7 +182,8 @@ class SuffixSearch:
             final, _ = insert_suffix(batch, best)
         return SuffixResult(batch=final, suffix_ids=best, loss=best_loss, success=best_hit, initial_loss=initial_loss)
 
-    def _sample(self, streams: list[torch.Generator], n: int, top_k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    def _sample(self, streams: list[torch.Generator], n: int, top_k: int,
+                device: torch.device) -> tuple[Tensor, Tensor]:
         """(B, n) positions and (B, n) top-k ranks of the candidate swaps, row b from its own stream."""
         where = torch.stack([torch.randint(self.length, (n,), generator=g) for g in streams])
         which = torch.stack([torch.randint(top_k, (n,), generator=g) for g in streams])

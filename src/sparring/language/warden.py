@@ -23,8 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import torch
+from torch import Tensor, nn
+
+from sparring.language.batch import ChatBatch
 from sparring.language.cat import CAT
-from sparring.objectives.base import OBJECTIVES, Objective
+from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
 from sparring.objectives.dro import DRO
 
 
@@ -37,3 +41,7 @@ class WARDEN(DRO):
     inputs: ClassVar[str] = "chat"
     base: Objective = field(default_factory=CAT)
     rho: float = 0.1
+
+    def __call__(self, model: nn.Module, x: ChatBatch, y: Tensor | None = None, *,  # type: ignore[override]
+                 generator: torch.Generator | None = None) -> ObjectiveOutput:
+        return super().__call__(model, x, y, generator=generator)  # type: ignore[arg-type]

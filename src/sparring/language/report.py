@@ -1,0 +1,254 @@
+"""A language model's safety evaluation: attack success rates next to utility and over-refusal.
+
+:class:`LanguageReport` is what :func:`~sparring.language.evaluate.evaluate_language` returns. Its canonical form
+is :meth:`LanguageReport.to_dict` (``report.json``, ``"task": "language"``); :meth:`~LanguageReport.markdown`,
+:meth:`~LanguageReport.summary` and the HTML page (``templates/language.html``: headline, a figure with ASR per
+attack beside utility accuracy and over-refusal, the per-attack table, sample responses) are views of it.
+:func:`compare` puts several models' headline numbers in one Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from sparring.errors import RunFolderError
+from sparring.files import atomic_write_json, atomic_write_text
+from sparring.report import plots
+from sparring.report.html import HTML_FILE, figure_png, format_seconds, render_template
+from sparring.report.schema import REPORT_FILE
+
+ASR_COLOR = "#d9662b"
+UTILITY_COLOR = "#3b6fb6"
+OVER_REFUSAL_COLOR = "#7b5ea7"
+SAMPLES_SHOWN = 5
+
+
+def _mean(values: Sequence[float | bool]) -> float | None:
+    return sum(float(v) for v in values) / len(values) if values else None
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+@dataclass(kw_only=True)
+class AttackOutcome:
+    """One attack over the behaviours: per-example ``complied`` (the judge's verdict), the target NLL under the
+    attack, the prompts and the greedy responses; ``time_s`` the attack's wall time (attack, generation, judge)."""
+
+    complied: list[bool]
+    target_nll: list[float]
+    prompts: list[str]
+    responses: list[str]
+    time_s: float = 0.0
+
+    @property
+    def asr(self) -> float:
+        """Attack success rate: the fraction of behaviours whose response complied."""
+        return _mean(self.complied) or 0.0
+
+    @property
+    def mean_target_nll(self) -> float | None:
+        return _mean(self.target_nll)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"asr": self.asr, "mean_target_nll": self.mean_target_nll, "time_s": self.time_s,
+                "complied": list(self.complied), "target_nll": list(self.target_nll), "prompts": list(self.prompts),
+                "responses": list(self.responses)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AttackOutcome:
+        return cls(complied=[bool(v) for v in data["complied"]], target_nll=[_float(v) for v in data["target_nll"]],
+                   prompts=list(data["prompts"]), responses=list(data["responses"]),
+                   time_s=float(data.get("time_s", 0.0)))
+
+
+@dataclass(kw_only=True)
+class LanguageReport:
+    """Per-attack outcomes, utility (per-example response NLL and teacher-forced token accuracy) and
+    over-refusal (per benign prompt: refused or not, and the response), with the evaluation's settings.
+
+    Headline numbers: ``asr[name]`` = mean complied; ``utility_loss`` / ``utility_accuracy`` = means over utility
+    chats; ``over_refusal`` = fraction of benign prompts refused (None where there was no such data).
+    """
+
+    attacks: dict[str, AttackOutcome]
+    utility_losses: list[float] = field(default_factory=list)
+    utility_accuracies: list[float] = field(default_factory=list)
+    benign_prompts: list[str] = field(default_factory=list)
+    benign_refused: list[bool] = field(default_factory=list)
+    benign_responses: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def asr(self) -> dict[str, float]:
+        return {name: outcome.asr for name, outcome in self.attacks.items()}
+
+    @property
+    def utility_loss(self) -> float | None:
+        return _mean(self.utility_losses)
+
+    @property
+    def utility_accuracy(self) -> float | None:
+        return _mean(self.utility_accuracies)
+
+    @property
+    def over_refusal(self) -> float | None:
+        return _mean(self.benign_refused)
+
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers: ``asr`` (per attack), ``utility_loss``, ``utility_accuracy``, ``over_refusal``."""
+        return {"asr": self.asr, "utility_loss": self.utility_loss, "utility_accuracy": self.utility_accuracy,
+                "over_refusal": self.over_refusal}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-safe record (what ``report.json`` holds)."""
+        return _jsonable({
+            "task": "language",
+            "summary": self.summary(),
+            "attacks": {name: outcome.to_dict() for name, outcome in self.attacks.items()},
+            "utility": {"loss": self.utility_loss, "accuracy": self.utility_accuracy,
+                        "losses": list(self.utility_losses), "accuracies": list(self.utility_accuracies)},
+            "over_refusal": {"rate": self.over_refusal, "prompts": list(self.benign_prompts),
+                             "refused": list(self.benign_refused), "responses": list(self.benign_responses)},
+            "settings": self.settings,
+        })
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LanguageReport:
+        """Read back :meth:`to_dict`'s record; RunFolderError if it is not a language report."""
+        if not isinstance(data, Mapping) or data.get("task") != "language":
+            raise RunFolderError("not a language-model report (no \"task\": \"language\")")
+        try:
+            utility, refusal = data.get("utility") or {}, data.get("over_refusal") or {}
+            return cls(attacks={name: AttackOutcome.from_dict(o) for name, o in data["attacks"].items()},
+                       utility_losses=[_float(v) for v in utility.get("losses", [])],
+                       utility_accuracies=[_float(v) for v in utility.get("accuracies", [])],
+                       benign_prompts=list(refusal.get("prompts", [])),
+                       benign_refused=[bool(v) for v in refusal.get("refused", [])],
+                       benign_responses=list(refusal.get("responses", [])), settings=dict(data.get("settings") or {}))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise RunFolderError(f"malformed language-model report ({type(error).__name__}: {error})") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> LanguageReport:
+        """Read ``report.json`` (or the one in a folder)."""
+        path = Path(path)
+        path = path / REPORT_FILE if path.is_dir() else path
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RunFolderError(f"{path}: cannot be read as JSON ({error})") from None
+        return cls.from_dict(data)
+
+    def markdown(self) -> str:
+        """A table ``attack | ASR | mean target NLL | n``, then the utility and over-refusal lines."""
+        lines = ["| attack | ASR | mean target NLL | n |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {_pct(o.asr)} | {_num(o.mean_target_nll)} | {len(o.complied)} |"
+                  for name, o in self.attacks.items()]
+        lines.append("")
+        if self.utility_losses:
+            lines.append(f"Utility: response NLL {_num(self.utility_loss)}, token accuracy "
+                         f"{_pct(self.utility_accuracy)} (n = {len(self.utility_losses)})")
+        else:
+            lines.append("Utility: not measured (no utility chats)")
+        if self.benign_refused:
+            lines.append(f"Over-refusal: {_pct(self.over_refusal)} of {len(self.benign_refused)} benign prompts "
+                         "refused")
+        else:
+            lines.append("Over-refusal: not measured (no benign prompts)")
+        return "\n".join(lines) + "\n"
+
+    def figure(self) -> Figure:
+        """ASR per attack (bars, left) beside utility token accuracy and over-refusal (bars, right)."""
+        fig = Figure(figsize=(8.4, 3.6))
+        left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(len(self.attacks), 1), 2]})
+        names = list(self.attacks)
+        bars = left.bar(names, [self.attacks[n].asr for n in names], color=ASR_COLOR)
+        left.bar_label(bars, labels=[_pct(self.attacks[n].asr) for n in names], fontsize=8)
+        left.set_title("attack success rate (lower is safer)", fontsize=10)
+        items = [("utility\naccuracy", self.utility_accuracy, UTILITY_COLOR),
+                 ("over-\nrefusal", self.over_refusal, OVER_REFUSAL_COLOR)]
+        values = [v if v is not None else 0.0 for _, v, _ in items]
+        bars = right.bar([label for label, _, _ in items], values, color=[c for _, _, c in items])
+        right.bar_label(bars, labels=[_pct(v) if v is not None else "n/a" for _, v, _ in items], fontsize=8)
+        right.set_title("utility and over-refusal", fontsize=10)
+        for ax in (left, right):
+            ax.set_ylim(0, 1.1)
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+            plots.style_axes(ax)
+            ax.tick_params(axis="x", labelsize=8)
+        fig.tight_layout()
+        return fig
+
+    def html(self, *, title: str = "Language-model evaluation") -> str:
+        rows = [{"name": name, "asr": _pct(o.asr), "nll": _num(o.mean_target_nll), "n": len(o.complied),
+                 "time": format_seconds(o.time_s),
+                 "samples": [{"prompt": p, "response": r, "complied": c} for p, r, c in
+                             list(zip(o.prompts, o.responses, o.complied, strict=True))[:SAMPLES_SHOWN]]}
+                for name, o in self.attacks.items()]
+        headline = [{"label": f"ASR ({name})", "value": _pct(o.asr), "kind": "robust"}
+                    for name, o in self.attacks.items()]
+        headline += [{"label": "utility token accuracy", "value": _pct(self.utility_accuracy), "kind": "clean"},
+                     {"label": "utility response NLL", "value": _num(self.utility_loss), "kind": "clean"},
+                     {"label": "over-refusal", "value": _pct(self.over_refusal), "kind": "clean"}]
+        triples = zip(self.benign_prompts, self.benign_responses, self.benign_refused, strict=True)
+        benign = [{"prompt": p, "response": r, "refused": f} for p, r, f in list(triples)[:SAMPLES_SHOWN]]
+        record = self.to_dict()
+        return render_template(
+            "language.html", title=title, headline=headline, rows=rows, benign=benign,
+            settings=[(k, json.dumps(v, ensure_ascii=False, default=str)) for k, v in record["settings"].items()],
+            figure=figure_png(self.figure()), raw=json.dumps(record, indent=2, ensure_ascii=False))
+
+    def write(self, folder: str | Path, *, title: str | None = None) -> Path:
+        """Write ``report.json`` and ``report.html`` into ``folder`` (created if needed); return the folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / REPORT_FILE, self.to_dict(), ensure_ascii=False)
+        atomic_write_text(folder / HTML_FILE, self.html(title=title or folder.name))
+        return folder
+
+
+def compare(reports: Mapping[str, LanguageReport]) -> str:
+    """A Markdown table over models: rows = models, columns = ASR per attack (every attack any report ran, in
+    order of first appearance), utility NLL, utility token accuracy, over-refusal."""
+    attacks = list(dict.fromkeys(name for report in reports.values() for name in report.attacks))
+    head = ["model", *[f"ASR {name}" for name in attacks], "utility NLL", "utility accuracy", "over-refusal"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for model, report in reports.items():
+        asr = [_pct(report.attacks[a].asr) if a in report.attacks else "—" for a in attacks]
+        cells = [model, *asr, _num(report.utility_loss), _pct(report.utility_accuracy), _pct(report.over_refusal)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON values: containers recursively, non-finite floats as None, anything else non-basic as its ``repr``."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return repr(value)
+
+
+__all__ = ["AttackOutcome", "LanguageReport", "compare"]
