@@ -167,9 +167,8 @@ def _scores(model: nn.Module, batch: ChatBatch, names: list[str]) -> tuple[Tenso
     attention = torch.cat([_pad(cont.attention, width, 0) for cont in conts])
     stacked = ChatBatch(prompt_ids=batch.prompt_ids.repeat(c, 1), prompt_attention=batch.prompt_attention.repeat(c, 1),
                         prompt_mask=batch.prompt_mask.repeat(c, 1))
-    embeds = model.get_input_embeddings()(stacked.prompt_ids)
     cont = Continuation(ids=ids, attention=attention)
-    logits = continuation_logits(model, embeds, stacked, cont)  # (C·B, K, V)
+    logits = continuation_logits(model, stacked, cont)  # (C·B, K, V)
     labels = cont.labels
     logprobs = -cross_entropy(logits, labels).view(c, b).T  # mean token NLL over non-padding tokens
     same = (labels.view(c, b, width) == labels[:b]).all(-1).T

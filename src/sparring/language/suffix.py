@@ -198,7 +198,7 @@ class SuffixSearch:
         x = embed(suffix).detach().requires_grad_(True)  # (B, L, D) = one_hot(s) @ E
         with torch.enable_grad():
             full = embeds.scatter(1, pos[..., None].expand(-1, -1, embeds.shape[-1]), x)
-            loss = cross_entropy(continuation_logits(model, full, base, cont), cont.labels)
+            loss = cross_entropy(continuation_logits(model, base, cont, prompt_embeds=full), cont.labels)
             (grad,) = torch.autograd.grad(loss.sum(), x)
         return grad.float() @ weight.float().T
 
@@ -213,7 +213,7 @@ class SuffixSearch:
             sub = ChatBatch(prompt_ids=ids, prompt_attention=base.prompt_attention[rows],
                             prompt_mask=base.prompt_mask[rows])
             c = Continuation(ids=cont.ids[rows], attention=cont.attention[rows])
-            logits = continuation_logits(model, model.get_input_embeddings()(ids), sub, c)  # (n, K, V)
+            logits = continuation_logits(model, sub, c)  # (n, K, V)
             labels = c.labels
             losses.append(cross_entropy(logits, labels))
             hits.append(((logits.argmax(-1) == labels) | (labels == IGNORE)).all(1))

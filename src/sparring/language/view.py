@@ -59,14 +59,24 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ConfigError(f"{type(model).__name__} has no decoder-layer list (a ModuleList named 'layers' or 'h')")
 
 
-def continuation_logits(model: nn.Module, prompt_embeds: Tensor, batch: ChatBatch, cont: Continuation) -> Tensor:
-    """(B, K, V) logits predicting ``cont`` after the prompt embeddings (B, P, D): one forward pass that keeps
-    only the K + 1 last positions (position P−1+k predicts continuation token k)."""
-    embeds = torch.cat([prompt_embeds, model.get_input_embeddings()(cont.ids).to(prompt_embeds.dtype)], 1)
+def continuation_logits(model: nn.Module, batch: ChatBatch, cont: Continuation, *,
+                        prompt_embeds: Tensor | None = None) -> Tensor:
+    """(B, K, V) logits predicting ``cont`` after the batch's prompts: one forward pass that keeps only the K + 1
+    last positions (position P−1+k predicts continuation token k).
+
+    The model reads token ids (its own embedding lookup runs inside its forward, so sharded embeddings, FSDP or
+    ZeRO-3, work); ``prompt_embeds`` (B, P, D) replaces the prompt's embeddings instead (GCG's one-hot gradient).
+    """
+    ids = torch.cat([batch.prompt_ids, cont.ids], 1)
     attention = torch.cat([batch.prompt_attention, cont.attention], 1)
     positions = (attention.cumsum(1) - 1).clamp_min(0)
     k = cont.ids.shape[1]
-    out = model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, logits_to_keep=k + 1)
+    if prompt_embeds is None:
+        inputs: dict[str, Tensor] = {"input_ids": ids}
+    else:
+        tail = model.get_input_embeddings()(cont.ids).to(prompt_embeds.dtype)
+        inputs = {"inputs_embeds": torch.cat([prompt_embeds, tail], 1)}
+    out = model(**inputs, attention_mask=attention, position_ids=positions, logits_to_keep=k + 1)
     return out.logits[:, :-1]
 
 
@@ -89,7 +99,7 @@ class PromptView(nn.Module):
         if not layers or len(set(layers)) != len(layers):
             raise ConfigError(f"layers must be a non-empty list without repeats, got {list(layers)}")
         blocks = decoder_layers(model) if any(layer != "embedding" for layer in layers) else None
-        layers = [_resolve(layer, blocks) for layer in layers]
+        layers = list(dict.fromkeys(_resolve(layer, blocks) for layer in layers))  # fractions may meet on shallow nets
         for layer in layers:
             if layer != "embedding" and not (isinstance(layer, int) and blocks is not None
                                              and -len(blocks) <= layer < len(blocks)):
@@ -140,13 +150,9 @@ class PromptView(nn.Module):
         return dict(zip(self.names, logits_or_labels.split(sizes, dim=1), strict=True))
 
     def forward(self, x: Tensor) -> Tensor:
-        delta = self.delta(x)  # (B, L·P, D)
-        deltas = dict(zip(self.layers, delta.split(self.width, dim=1), strict=True))
-        embeds = self.model.get_input_embeddings()(self.batch.prompt_ids)
-        if "embedding" in deltas:
-            embeds = embeds + deltas["embedding"].to(embeds.dtype)
-        with self._adding({k: v for k, v in deltas.items() if k != "embedding"}):
-            return torch.cat([continuation_logits(self.model, embeds, self.batch, c) for c in self.conts], 1)
+        deltas = dict(zip(self.layers, self.delta(x).split(self.width, dim=1), strict=True))  # layer → (B, P, D)
+        with self._adding(deltas):
+            return torch.cat([continuation_logits(self.model, self.batch, c) for c in self.conts], 1)
 
     @torch.no_grad()
     def generate(self, x: Tensor, *, max_new_tokens: int = 32, eos_token_id: int | None = None,
@@ -174,9 +180,17 @@ class PromptView(nn.Module):
         view.names, view.conts = [f"c{i}" for i in range(len(conts))], conts
         return view
 
+    def _module(self, layer: Layer) -> nn.Module:
+        """The module whose output is the representation at ``layer``: the embedding or a decoder block."""
+        if layer == "embedding":
+            return self.model.get_input_embeddings()
+        assert self._blocks is not None and isinstance(layer, int)
+        return self._blocks[layer]
+
     @contextmanager
     def _adding(self, deltas: dict[Layer, Tensor]) -> Iterator[None]:
-        """Forward hooks adding δ_ℓ to decoder layer ℓ's output at the prompt positions."""
+        """Forward hooks adding δ_ℓ to the output of layer ℓ (the embedding lookup or a decoder block) at the
+        prompt positions, the first P of every sequence."""
         handles = []
         width = self.width
 
@@ -190,8 +204,7 @@ class PromptView(nn.Module):
 
         try:
             for layer, delta in deltas.items():
-                assert self._blocks is not None and isinstance(layer, int)
-                handles.append(self._blocks[layer].register_forward_hook(hook_for(delta)))
+                handles.append(self._module(layer).register_forward_hook(hook_for(delta)))
             yield
         finally:
             for handle in handles:
@@ -199,28 +212,23 @@ class PromptView(nn.Module):
 
     @torch.no_grad()
     def _clean(self, relative: bool) -> tuple[Tensor, Tensor]:
-        """(x⁰ (B, L·P, D), s (B, L·P, 1)): the clean prompt representation at each layer and its scale."""
+        """(x⁰ (B, L·P, D), s (B, L·P, 1)): the clean prompt representation at each layer and its scale, recorded
+        by forward hooks during one whole pass over the prompts (not cut short: sharded models must finish it)."""
         states: dict[Layer, Tensor] = {}
         handles = []
-        embeds = self.model.get_input_embeddings()(self.batch.prompt_ids)
-        if "embedding" in self.layers:
-            states["embedding"] = embeds
-        hidden_layers = [layer for layer in self.layers if layer != "embedding"]
-        if hidden_layers:
-            assert self._blocks is not None
-            for layer in hidden_layers:
-                def record(_m: nn.Module, _i: Any, output: Any, layer: Layer = layer) -> None:
-                    states[layer] = (output[0] if isinstance(output, tuple) else output).detach()
-                handles.append(self._blocks[layer].register_forward_hook(record))
-            try:
-                positions = (self.batch.prompt_attention.cumsum(1) - 1).clamp_min(0)
-                self.model(inputs_embeds=embeds, attention_mask=self.batch.prompt_attention, position_ids=positions,
-                           logits_to_keep=1)
-            finally:
-                for handle in handles:
-                    handle.remove()
+        for layer in self.layers:
+            def record(_m: nn.Module, _i: Any, output: Any, layer: Layer = layer) -> None:
+                states[layer] = (output[0] if isinstance(output, tuple) else output).detach()
+            handles.append(self._module(layer).register_forward_hook(record))
+        try:
+            positions = (self.batch.prompt_attention.cumsum(1) - 1).clamp_min(0)
+            self.model(input_ids=self.batch.prompt_ids, attention_mask=self.batch.prompt_attention,
+                       position_ids=positions, logits_to_keep=1)
+        finally:
+            for handle in handles:
+                handle.remove()
+        weights = self.batch.prompt_mask[..., None].float()
         chunks, scales = [], []
-        weights = self.batch.prompt_mask[..., None].to(embeds.dtype)
         for layer in self.layers:
             state = states[layer].float()
             if not relative:
