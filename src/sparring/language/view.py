@@ -22,6 +22,11 @@ the scale s, so budgets are relative: s is the mean embedding-row norm for ``"em
 :meth:`PromptView.split` cuts logits back into per-continuation pieces. The embeddings are recomputed from the
 token ids in every call, so the same view trains the model (gradients reach the embedding matrix) when the
 parameters require gradients.
+
+Gradient prediction: the view calls its submodule ``prompt_states`` (an identity) on the first decoder block's
+output at the prompt positions (B, P, D), token-aligned with an embedding-layer x, so a per-token
+:class:`~sparring.prediction.GradientPredictor` with ``layer="prompt_states"`` can be calibrated on the view and
+every attack can run on :class:`~sparring.prediction.Predicted` gradients (single-layer embedding views).
 """
 
 from __future__ import annotations
@@ -105,7 +110,13 @@ class PromptView(nn.Module):
                                              and -len(blocks) <= layer < len(blocks)):
                 raise ConfigError(f"layer {layer!r} is neither 'embedding' nor a decoder-layer index "
                                   f"(the model has {0 if blocks is None else len(blocks)})")
+        if blocks is None:
+            try:
+                blocks = decoder_layers(model)
+            except ConfigError:  # no decoder-layer list: no latent layers, no prompt_states tap
+                blocks = None
         self.model, self.batch = model, batch
+        self.prompt_states = nn.Identity()  # the first block's output at the prompt positions (module doc)
         self.names = list(continuations)
         self.conts = [batch.continuation(name) for name in self.names]
         self.layers = list(layers)
@@ -202,9 +213,14 @@ class PromptView(nn.Module):
                 return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
             return hook
 
+        def tap(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self.prompt_states((output[0] if isinstance(output, tuple) else output)[:, :width])
+
         try:
             for layer, delta in deltas.items():
                 handles.append(self._module(layer).register_forward_hook(hook_for(delta)))
+            if self._blocks is not None:
+                handles.append(self._blocks[0].register_forward_hook(tap))
             yield
         finally:
             for handle in handles:

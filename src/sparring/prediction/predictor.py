@@ -35,7 +35,7 @@ are padding, as in :class:`~sparring.threat.TokenBall`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,12 +147,27 @@ class GradientPredictor:
         n_hold = max(2, int(round(self.holdout * len(x))))
         hold, fit_rows = order[:n_hold], order[n_hold:]
         device = device_of(model)
+        chunks = lambda rows: [(model, x[r].to(device), y[r].to(device)) for r in rows.split(batch_size)]  # noqa: E731
+        return self._calibrate(chunks(fit_rows), chunks(hold), points=len(x))
+
+    def calibrate_batches(self, batches: Sequence[tuple[nn.Module, Tensor, Tensor]]) -> dict[str, Any]:
+        """Fit the map on whole batches ``(model, x, y)``, each with its own model: for models bound to one batch,
+        such as a language model's :class:`~sparring.language.PromptView`, whose rows cannot be regrouped. The
+        last ``holdout`` share of the batches (at least one) chooses λ."""
+        if len(batches) < 2:
+            raise DataError(f"calibrate_batches needs at least 2 batches (one is held out), got {len(batches)}")
+        n_hold = max(1, int(round(self.holdout * len(batches))))
+        return self._calibrate(list(batches[:-n_hold]), list(batches[-n_hold:]),
+                               points=sum(len(x) for _, x, _ in batches))
+
+    def _calibrate(self, fit_chunks: list[tuple[nn.Module, Tensor, Tensor]],
+                   hold_chunks: list[tuple[nn.Module, Tensor, Tensor]], *, points: int) -> dict[str, Any]:
         fit: RidgeAccumulator | None = None
-        for rows in fit_rows.split(batch_size):
-            h, g, _, _ = self._pairs(model, x[rows].to(device), y[rows].to(device))
-            fit = fit or RidgeAccumulator(h.shape[1], g.shape[1], device=device)
+        for model, x, y in fit_chunks:
+            h, g, _, _ = self._pairs(model, x, y)
+            fit = fit or RidgeAccumulator(h.shape[1], g.shape[1], device=h.device)
             fit.add(h, g)
-        held = [self._pairs(model, x[rows].to(device), y[rows].to(device)) for rows in hold.split(batch_size)]
+        held = [self._pairs(model, x, y) for model, x, y in hold_chunks]
         h_hold, g_hold = torch.cat([pair[0] for pair in held]), torch.cat([pair[1] for pair in held])
         assert fit is not None
         chosen, scores = choose_lambda(fit, h_hold, g_hold, self.lambdas)
@@ -161,7 +176,7 @@ class GradientPredictor:
         self.ridge, self._fit = fit.solve(chosen.lam), fit
         self.report = {
             "layer": self.layer, "loss": self.loss, "mode": self.mode, "per_token": self.per_token,
-            "points": len(x), "rows": int(fit.n), "features": fit.features, "lambda": chosen.lam,
+            "points": points, "rows": int(fit.n), "features": fit.features, "lambda": chosen.lam,
             "holdout_cosine": scores[chosen.lam], "holdout_cosine_per_lambda": scores,
             "holdout_sign_agreement": float(sign_agreement(held_pred, g_hold).mean()),
         }
