@@ -11,7 +11,7 @@ from sparring.attacks import FGSM, PGD
 from sparring.config import RunConfig, load_config, parse_config
 from sparring.errors import ConfigError
 from sparring.experiment import demo_config_path
-from sparring.objectives import PGDAT, Standard, threat_of
+from sparring.objectives import OBJECTIVES, PGDAT, Standard, threat_of
 from sparring.objectives import available as objectives_available
 from sparring.threat import LinfBall
 
@@ -227,8 +227,18 @@ def test_eval_suite_or_custom_cascade():
 
 @pytest.mark.parametrize("name", objectives_available())
 def test_every_objective_builds_from_yaml_by_name(name: str) -> None:
-    config = parse_config({"objective": {"name": name}, "eval": {"threat": {"eps": 0.1}}})
-    assert config.build_objective().name == name
+    raw = {"objective": {"name": name}, "eval": {"threat": {"eps": 0.1}}}
+    inputs = OBJECTIVES.get(name).inputs
+    if inputs in ("recsys", "chat"):  # another domain's batches: refused in one line that says where they train
+        with pytest.raises(ConfigError, match="task: recsys" if inputs == "recsys" else "AdversarialTrainer"):
+            parse_config(raw)
+        return
+    assert parse_config(raw).build_objective().name == name
+
+
+def test_another_domains_objective_is_refused_even_when_wrapped() -> None:
+    with pytest.raises(ConfigError, match="'cat' is a language-model objective"):
+        parse_config({"objective": {"name": "dro", "base": {"name": "cat"}}, "eval": {"threat": {"eps": 0.1}}})
 
 
 def test_wrappers_nest_in_yaml() -> None:

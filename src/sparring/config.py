@@ -29,6 +29,7 @@ from sparring.attacks.cascade import as_cascade, check_attacks_fit
 from sparring.errors import ConfigError
 from sparring.models import settings_of
 from sparring.objectives import OBJECTIVES, Objective, threat_of
+from sparring.objectives.base import walk
 from sparring.threat import ThreatModel, make_threat
 from sparring.train import TrainConfig
 
@@ -178,6 +179,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: {_first_error(exc)}") from None
     try:
         objective = config.build_objective()
+        check_objective_domain(objective)
         config.build_train()
         suite = config.build_suite()
         check_attacks_fit(as_cascade(suite).attacks, config.eval_threat(objective))
@@ -185,6 +187,23 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return config
+
+
+#: Where an objective that does not train classifier tensors is trained instead (by its ``inputs``).
+_ELSEWHERE = {
+    "recsys": "a recommender objective: write a `task: recsys` config (docs/configs.md)",
+    "chat": "a language-model objective: train it in Python or with sparring.integrations.AdversarialTrainer "
+            "(docs/language.md)",
+}
+
+
+def check_objective_domain(objective: Objective) -> None:
+    """A run config trains classifiers on tensors (images, features, point clouds): refuse an objective, or a
+    wrapped one (DRO's ``base``), that trains another domain's batches."""
+    for inner in walk(objective):
+        inputs = getattr(type(inner), "inputs", "any")
+        if inputs in _ELSEWHERE:
+            raise ConfigError(f"objective: {inner.name!r} is {_ELSEWHERE[inputs]}")
 
 
 def check_model_spec(spec: ModelSpec) -> None:
