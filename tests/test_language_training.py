@@ -15,13 +15,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sparring.attacks import SignPGD
+from sparring.attacks import APGD, SignPGD
 from sparring.errors import ConfigError
 from sparring.language import (
     CAPO,
     CAT,
     LAT,
     WARDEN,
+    PromptAttack,
     PromptView,
     behaviour_batch,
     chat_batch,
@@ -141,6 +142,13 @@ def test_attacks_raise_the_target_likelihood_within_the_budget(model, make) -> N
     per_token = delta.norm(dim=-1) / result.view._scale[..., 0]
     assert (per_token <= 0.5 + 1e-4).all()
     assert (delta[~result.view.mask()] == 0).all()  # template tokens and padding never move
+
+
+def test_any_core_attack_optimizes_a_prompt_view(model) -> None:
+    """APGD (sequence logits (B, k, V) in its best-iterate bookkeeping) in place of CAT's signed steps."""
+    batch = batch_of(8)
+    result = PromptAttack(optimizer=APGD(steps=10), eps=0.5)(model, batch)
+    assert result.toward_nll.mean() < nll(model, batch, "target").mean()
 
 
 def test_embedding_attack_breaks_the_safety_tuned_model_and_leaves_it_unchanged(model) -> None:

@@ -258,7 +258,7 @@ class _State:
         return (
             torch.where(f.view((-1,) + (1,) * (self.x.dim() - 1)), self.found_x, self.best_x),
             torch.where(f, self.found_loss, self.best_loss),
-            torch.where(f[:, None], self.found_logits, self.best_logits),
+            torch.where(_rows_of(f, self.best_logits), self.found_logits, self.best_logits),
         )
 
 
@@ -307,13 +307,18 @@ def _apgd(
     return out
 
 
+def _rows_of(mask: Tensor, like: Tensor) -> Tensor:
+    """A (B,) row mask shaped to broadcast over ``like``: logits (B, K), or (B, k, V) for sequences."""
+    return mask.view((-1,) + (1,) * (like.dim() - 1))
+
+
 def _record(s: _State, loss: Tensor, grad: Tensor, logits: Tensor, success: Tensor) -> None:
     """Book the new iterate ``s.cur``: first broken point, best-loss point, loss increases. No host sync."""
     rows = (-1,) + (1,) * (s.x.dim() - 1)
     new = success & ~s.found
     torch.where(new.view(rows), s.cur, s.found_x, out=s.found_x)
     torch.where(new, loss, s.found_loss, out=s.found_loss)
-    torch.where(new[:, None], logits, s.found_logits, out=s.found_logits)
+    torch.where(_rows_of(new, logits), logits, s.found_logits, out=s.found_logits)
     s.found |= success
     s.increases += loss > s.loss_prev
     s.loss_prev = loss
@@ -321,7 +326,7 @@ def _record(s: _State, loss: Tensor, grad: Tensor, logits: Tensor, success: Tens
     torch.where(better.view(rows), s.cur, s.best_x, out=s.best_x)
     torch.where(better.view(rows), grad, s.best_grad, out=s.best_grad)
     torch.where(better, loss, s.best_loss, out=s.best_loss)
-    torch.where(better[:, None], logits, s.best_logits, out=s.best_logits)
+    torch.where(_rows_of(better, logits), logits, s.best_logits, out=s.best_logits)
     s.grad = grad
 
 
