@@ -3,18 +3,21 @@ WARDEN's temperature, PGD-AT on an image dict dataset, and the LoRA example scri
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 from transformers.utils import ModelOutput
 
 from sparring.integrations import AdversarialTrainer, BehaviourDataset, ChatCollator
+from sparring.integrations.hf_trainer import OBJECTIVE_STATE
 from sparring.language.cat import CAT
 from sparring.language.data import Behaviour, Utility
 from sparring.language.toy import word_tokenizer
@@ -106,6 +109,19 @@ def test_warden_learns_its_temperature_through_the_trainer(tmp_path) -> None:
     temperatures = logged(trainer, "dro_temperature")
     assert len(temperatures) == 6 and len(set(temperatures)) > 1
     assert float(objective.current_temperature()) != 1.0
+
+
+def test_warden_temperature_is_checkpointed_and_restored_on_resume(tmp_path) -> None:
+    objective = WARDEN(base=fast_cat(), temperature_lr=0.5)
+    trainer = chat_trainer(tiny_llama(), objective, tmp_path, steps=4, save_strategy="steps", save_steps=4)
+    trainer.train()
+    saved = json.loads((tmp_path / "checkpoint-4" / OBJECTIVE_STATE).read_text())
+    assert saved["eta"] == pytest.approx(float(objective._eta))
+    fresh = WARDEN(base=fast_cat(), temperature_lr=0.5)
+    resumed = chat_trainer(tiny_llama(), fresh, tmp_path, steps=4, save_strategy="no")
+    resumed.train(resume_from_checkpoint=True)  # already at max_steps: only the restore happens
+    assert float(fresh.current_temperature()) == pytest.approx(float(objective.current_temperature()))
+    assert float(fresh.current_temperature()) != pytest.approx(1.0)
 
 
 @dataclass

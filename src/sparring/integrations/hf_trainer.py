@@ -38,6 +38,10 @@ What the Trainer (transformers 5.23) does with a ChatBatch, checked in its sourc
 * evaluation (``prediction_step``) reads ``batch.get(...)``; a ChatBatch is routed to :meth:`compute_loss`
   instead (loss only: the attack needs gradients, so it runs with autograd on).
 
+The objective's own state (``Objective.state_dict``: WARDEN's learned temperature) is written beside every
+checkpoint as ``sparring_objective.json`` and read back by ``train(resume_from_checkpoint=...)``. The objective's
+lifecycle hooks (``on_train_begin``, the epoch hooks) are not called: the language objectives need none.
+
 Distributed training. ``compute_loss`` receives the model as accelerate prepared it (a
 ``DistributedDataParallel`` or DeepSpeed engine on several processes). The forward used for training must go
 through that wrapper, which is where gradient synchronisation is armed; the objective however also needs the
@@ -52,21 +56,27 @@ DeepSpeed ZeRO-1/2 work, FSDP and ZeRO-3 (parameters sharded outside the forward
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
 
 from sparring.errors import ConfigError, DataError
 from sparring.language.batch import ChatBatch, behaviour_batch
 from sparring.language.data import Behaviour, InjectionTask, Utility
 from sparring.language.embedding import TextClassifier
 from sparring.objectives.base import Objective, ObjectiveOutput
+
+#: The objective's state (e.g. WARDEN's temperature) in a checkpoint folder, beside the model's weights.
+OBJECTIVE_STATE = "sparring_objective.json"
 
 
 class ThroughWrapper(nn.Module):
@@ -128,6 +138,26 @@ class AdversarialTrainer(Trainer):
         self._metric_batches = 0
         self._seen: dict[str, Tensor] = {}
         self._micro = (-1, 0)  # (global step, micro-batches seen at that step)
+
+    # ---- the objective's own state (WARDEN's learned temperature) in checkpoints ---------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's save (also called for every checkpoint), plus the objective's state as
+        :data:`OBJECTIVE_STATE` beside the weights (rank 0 only)."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            folder = Path(output_dir if output_dir is not None else self.args.output_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / OBJECTIVE_STATE).write_text(json.dumps(self.objective.state_dict()) + "\n")
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        """The Trainer's train; a resumed run first restores the objective's state saved with the checkpoint."""
+        folder = resume_from_checkpoint
+        if folder is True:
+            folder = get_last_checkpoint(self.args.output_dir)
+        if isinstance(folder, str) and (Path(folder) / OBJECTIVE_STATE).is_file():
+            self.objective.load_state_dict(json.loads((Path(folder) / OBJECTIVE_STATE).read_text()))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     # ---- the loss ----------------------------------------------------------------------------------------------
 
