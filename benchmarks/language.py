@@ -11,8 +11,15 @@ Per seed, a tiny Llama (2 layers, width 64, word-level tokenizer; built in code,
    benign ones: this model refuses every clean harmful test request, but an embedding-space attack makes it comply;
 3. fine-tuned from there for the same number of steps by each method (batches of 8 behaviours + 8 utility chats):
    ``none`` (the same data without attack: clean refusal and utility SFT), ``cat`` (CAT's losses and cutoffs),
-   ``warden`` (KL-DRO over CAT's per-behaviour losses, learnable temperature, ρ = 0.1) and ``lat`` (targeted LAT
-   at the embedding and both decoder layers).
+   ``warden`` (KL-DRO over CAT's per-behaviour losses, learnable temperature, ρ = 0.1), the same two with CAT's
+   toward cutoff at 0 instead of 0.5 (``cat_c0``, ``warden_c0``), and ``lat`` (targeted LAT at the embedding and
+   both decoder layers).
+
+Why the ``_c0`` rows: on the validation split, CAT's toward cutoff of 0.5 (a floor on the refusal's mean token NLL)
+let the tiny model's refusal decay into fragments ("i cannot help with that", "help with that") in 3 of 4 runs
+(seeds 1–2, CAT and WARDEN), which the refusal judge counts as compliance even on clean prompts; with the cutoff at
+0 the refusals stayed intact in all 4. And with both cutoffs active the per-behaviour losses sit on the floors, so
+WARDEN's weights have nothing to tell apart.
 
 The training budget ε = 0.5 (per token, in units of the mean embedding norm; LAT: of each layer's token norm) was
 picked on a validation split of the *training* behaviours (the first 64, never trained on in step 3), as the budget
@@ -70,7 +77,7 @@ from sparring.language import (  # noqa: E402
 from sparring.losses import cross_entropy  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("none", "cat", "warden", "lat")
+METHODS = ("none", "cat", "warden", "cat_c0", "warden_c0", "lat")
 EPS = 0.5  # the training budget, picked on the validation split of the training behaviours (module doc)
 VALIDATION = 64  # training behaviours held out from step 3
 BATCH = 8  # behaviours (and utility chats) per fine-tuning batch
@@ -122,10 +129,13 @@ def base_model(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def objective_for(method: str) -> Any:
-    if method == "cat":
-        return CAT(attack=embedding_attack(eps=EPS))
-    if method == "warden":
-        return WARDEN(base=CAT(attack=embedding_attack(eps=EPS)))
+    """The defence: CAT / WARDEN with CAT's cutoffs, ``_c0`` with the toward cutoff at 0 (module doc), LAT."""
+    cutoff = 0.0 if method.endswith("_c0") else 0.5
+    cat = CAT(attack=embedding_attack(eps=EPS), toward_cutoff=cutoff)
+    if method.startswith("cat"):
+        return cat
+    if method.startswith("warden"):
+        return WARDEN(base=cat)
     if method == "lat":
         return LAT(attack=latent_attack(layers=("embedding", 0, 1), eps=EPS))
     return None
@@ -217,7 +227,8 @@ COLUMNS = [("asr_none", "ASR clean"), ("asr_embedding", "ASR emb ε"), ("asr_emb
            ("asr_suffix", "ASR suffix"), ("harmful_embedding_2x", "harmful answer emb 2ε"),
            ("harmful_suffix", "harmful answer suffix"), ("asr_2x_worst_category", "worst category 2ε"),
            ("tail10_target_nll_2x", "tail-10% target NLL 2ε"), ("utility_accuracy", "utility acc"),
-           ("utility_nll", "utility NLL"), ("over_refusal", "over-refusal"), ("train_s", "train s")]
+           ("utility_nll", "utility NLL"), ("over_refusal", "over-refusal"),
+           ("train_dro_weight_max", "mean max DRO weight (1/8 = uniform)"), ("train_s", "train s")]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -229,7 +240,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             if key not in row:
                 cells.append("–")
                 continue
-            scale, digits = (1, 1) if key.endswith("_s") else ((1, 3) if "nll" in key else (100, 1))
+            scale, digits = (1, 1) if key.endswith("_s") else ((1, 3) if "nll" in key or "weight" in key else (100, 1))
             cells.append(f"{row[key] * scale:.{digits}f} ± {row[key + '_std'] * scale:.{digits}f}")
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -243,15 +254,14 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "utility_accuracy", "utility_nll", "over_refusal", "asr_2x_worst_category", "tail10_target_nll_2x")
         out[method] = {k: row.get(k) for k in keys}
     if "none" in by:
-        for method in ("cat", "warden", "lat"):
+        for method in ("cat", "warden", "cat_c0", "warden_c0", "lat"):
             if method in by:
                 out[f"{method}_asr_cut_vs_none"] = by["none"]["asr_embedding"] - by[method]["asr_embedding"]
                 out[f"{method}_utility_accuracy_cost"] = by["none"]["utility_accuracy"] - by[method]["utility_accuracy"]
-    if "cat" in by and "warden" in by:
-        out["warden_minus_cat_tail10_target_nll_2x"] = (by["warden"]["tail10_target_nll_2x"]
-                                                       - by["cat"]["tail10_target_nll_2x"])
-        out["warden_minus_cat_worst_category_asr_2x"] = (by["warden"]["asr_2x_worst_category"]
-                                                        - by["cat"]["asr_2x_worst_category"])
+    for cat, warden in (("cat", "warden"), ("cat_c0", "warden_c0")):
+        if cat in by and warden in by:
+            for key in ("tail10_target_nll_2x", "asr_2x_worst_category", "asr_embedding_2x", "harmful_embedding_2x"):
+                out[f"{warden}_minus_{cat}_{key}"] = by[warden][key] - by[cat][key]
     return out
 
 

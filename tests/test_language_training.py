@@ -211,7 +211,7 @@ def test_each_objective_loss_decreases(model, make) -> None:
 def test_cat_trains_toward_the_refusal_under_attack_and_keeps_utility_outside_the_rows(model) -> None:
     batch = batch_of(8, utility=8)
     out = CAT(attack=embedding_attack(eps=0.5, steps=5))(model, batch)
-    assert out.extra is not None and float(out.extra) == pytest.approx(float(out.metrics["utility_nll"]))
+    assert out.extra is not None and out.extra.item() == pytest.approx(float(out.metrics["utility_nll"]))
     assert out.logits.shape[:2] == batch.continuations["refusal"].ids.shape
     no_utility = CAT(attack=embedding_attack(eps=0.5, steps=5))(model, dataclasses.replace(batch, utility=None))
     torch.testing.assert_close(no_utility.loss, out.loss)
