@@ -7,6 +7,17 @@ safetensors checkpoints, exact resume, ``metrics.jsonl`` and rich progress bars.
 
 All randomness (shuffling, random starts) is derived from ``(seed, epoch)``, so a run resumed from the
 checkpoint of epoch k reproduces the uninterrupted run.
+
+Several processes (``accelerate launch`` or ``torchrun``; DDP through accelerate). ``batch_size`` is the
+**global** batch: every batch of the shared ``(seed, epoch)`` permutation is split across the N processes
+(accelerate's ``split_batches``), so the optimisation (steps per epoch, learning-rate schedule, the data of each
+step) is the same for any N, and a run can resume from a checkpoint written with another process count. DDP
+averages the gradients of the N shards, which equals the single-process gradient of the whole batch as long as
+the loss is a mean over independent examples; it differs where the objective couples the examples of a batch
+(BatchNorm statistics per shard, DRO's batch weights) or draws random starts (each process draws for its own
+shard). Training metrics are summed over processes before they are logged; the per-epoch validation runs the
+same examples on every process, so its numbers are those of one process. Only the main process writes
+checkpoints and ``metrics.jsonl``; the others wait for it.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from typing import Any, Literal
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DataLoaderConfiguration
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
@@ -187,7 +199,12 @@ class Trainer:
             cpu=self.cfg.cpu,
             mixed_precision=self.cfg.mixed_precision,
             gradient_accumulation_steps=self.cfg.grad_accumulation,
+            dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch_size is the global batch
         )
+        world = self.accelerator.num_processes
+        if self.cfg.batch_size % world:
+            raise ConfigError(f"train.batch_size ({self.cfg.batch_size}) is the global batch, split across {world} "
+                              f"processes: make it a multiple of {world}")
         x, y = train
         self.train_data = (x, y)
         k = num_classes if num_classes is not None else int(y.max()) + 1 if len(y) else 0
@@ -239,7 +256,7 @@ class Trainer:
                     bad_epochs += 1
                 progress.update(task, description=_describe(record))
                 self._log(record)
-                if self.checkpoints is not None:
+                if self.checkpoints is not None and self.accelerator.is_main_process:
                     meta = {
                         "history": history, "best_score": best_score, "best_epoch": best_epoch,
                         "bad_epochs": bad_epochs, "objective_state": self.objective.state_dict(),
@@ -249,6 +266,7 @@ class Trainer:
                     self.checkpoints.save(
                         epoch=epoch, model=self._unwrapped(), optimizer=self.optimizer, meta=meta, best=improved,
                     )
+                self.accelerator.wait_for_everyone()  # the checkpoint is complete before any process reads it
                 if cfg.early_stopping_patience is not None and bad_epochs >= cfg.early_stopping_patience:
                     stopped_early = epoch + 1 < cfg.epochs
                     break
@@ -293,11 +311,17 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct += (out.logits.detach().argmax(1) == y).sum()
             for key, value in out.metrics.items():
-                value = torch.as_tensor(value, dtype=torch.float32)
+                value = torch.as_tensor(value, dtype=torch.float32, device=acc.device)
                 if value.numel() == 1:  # per-example diagnostics (TRADES's kl_per_example) are not logged
                     extra[key] = extra.get(key, 0.0) + value.reshape(()) * len(y)
             seen += len(y)
             tick()
+        if acc.num_processes > 1:  # one all-reduce per epoch: sums over the processes' shards
+            names = sorted(extra)
+            totals = acc.reduce(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=acc.device),
+                                             *(extra[k] for k in names)]), reduction="sum")
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
+            extra = dict(zip(names, totals[3:], strict=True))
         if not torch.isfinite(loss_sum):  # checked once per epoch: no host sync per step
             raise SparringError(f"training loss became {float(loss_sum)} in epoch {epoch}; lower the learning rate")
         record: dict[str, Any] = {
@@ -351,7 +375,9 @@ class Trainer:
         meta = CheckpointDir.load(latest, model=self._unwrapped(), optimizer=self.optimizer)
         self.objective.load_state_dict(meta.get("objective_state", {}))
         self.scheduler.scheduler.load_state_dict(meta["scheduler"])
-        self._truncate_metrics(meta["epoch"])
+        if self.accelerator.is_main_process:
+            self._truncate_metrics(meta["epoch"])
+        self.accelerator.wait_for_everyone()
         log.info("resumed from %s", latest)
         return meta
 
