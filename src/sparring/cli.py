@@ -86,8 +86,8 @@ def run(
 ) -> None:
     """Train as configured, then evaluate and write report.json / report.html."""
     report, folder = _run_config(config, out, overwrite=overwrite, resume=resume, progress=not quiet)
-    assert report is not None
-    _show(report, folder)
+    if report is not None:  # None on the other processes of a multi-process run: rank 0 reports
+        _show(report, folder)
 
 
 @app.command()

@@ -22,6 +22,7 @@ import yaml
 from torch import nn
 
 import sparring
+from sparring import trackers
 from sparring.attacks import Attack
 from sparring.checkpoint import save_weights
 from sparring.config import RunConfig, load_config
@@ -103,32 +104,44 @@ def run_experiment(
     train_cfg = config.build_train()
     train_cfg.progress = progress
     threat = config.eval_threat(objective)
-    out = prepare_run_dir(out, overwrite=overwrite, resume=resume)
-    if not resume:
+    main = is_main_process()  # under torchrun / accelerate launch: rank 0 writes, every rank trains and evaluates
+    out = prepare_run_dir(out, overwrite=overwrite, resume=resume) if main else Path(out)
+    if main and not resume:
         atomic_write_text(out / "config.yaml", resolved_yaml(config, objective, train_cfg))
+    barrier()
     notify(f"training {config.model.name} with {objective.name} on {train_data.name} → {out}")
     trainer = Trainer(
         model=model, objective=objective, train=(train_data.x, train_data.y), val=(test_data.x, test_data.y),
         config=train_cfg, val_threat=threat, out_dir=out, num_classes=train_data.num_classes,
     )
-    result = trainer.fit(resume=resume)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    save_model(model, out / "checkpoints", config=config, data=train_data)
-    if not evaluate_after:
-        return None
-    notify("evaluating")
-    evaluation = evaluate(
-        model, test_data, threat, suite=config.build_suite(), eps_curve=config.eval.eps_curve,
-        batch_size=config.eval.batch_size, max_samples=config.eval.max_samples, seed=config.seed,
-        precision=config.eval.precision, state_dir=out / "eval_state", notify=notify,
-    )
-    report = build_report(
-        evaluation, run_name=config.name or out.name, objective=objective.describe(),
-        model={"name": config.model.name, "parameters": _parameters(model)},
-        data=_describe_data(train_data, test_data, evaluation), training=result,
-    )
-    write_run_report(out, report, evaluation)
-    return report
+    if train_cfg.trackers:
+        trackers.start(trainer.accelerator, project=config.name or out.name, run_name=out.name,
+                       config=yaml.safe_load(resolved_yaml(config, objective, train_cfg)))
+    try:
+        result = trainer.fit(resume=resume)
+        model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+        if main:
+            save_model(model, out / "checkpoints", config=config, data=train_data)
+        if not evaluate_after:
+            return None
+        notify("evaluating")
+        evaluation = evaluate(
+            model, test_data, threat, suite=config.build_suite(), eps_curve=config.eval.eps_curve,
+            batch_size=config.eval.batch_size, max_samples=config.eval.max_samples, seed=config.seed,
+            precision=config.eval.precision, state_dir=out / "eval_state", notify=notify,
+        )
+        if not main:
+            return None
+        report = build_report(
+            evaluation, run_name=config.name or out.name, objective=objective.describe(),
+            model={"name": config.model.name, "parameters": _parameters(model)},
+            data=_describe_data(train_data, test_data, evaluation), training=result,
+        )
+        trackers.log_evaluation(trainer.accelerator, report, step=len(result.history))
+        write_run_report(out, report, evaluation)
+        return report
+    finally:
+        trackers.finish(trainer.accelerator)
 
 
 def resolved_yaml(config: RunConfig, objective: Objective, train_cfg: TrainConfig) -> str:
@@ -137,6 +150,7 @@ def resolved_yaml(config: RunConfig, objective: Objective, train_cfg: TrainConfi
     resolved["objective"] = objective.describe()
     resolved["train"] = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k != "progress"}
     resolved["train"]["milestones"] = list(train_cfg.milestones)
+    resolved["train"]["trackers"] = list(train_cfg.trackers)
     return yaml.safe_dump(resolved, sort_keys=False)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -39,13 +40,16 @@ from accelerate.utils import DataLoaderConfiguration
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from sparring import trackers
 from sparring.attacks import PGD, Attack
 from sparring.checkpoint import CheckpointDir
+from sparring.compile import compiled
 from sparring.errors import ConfigError, SparringError
 from sparring.files import atomic_write_text
 from sparring.objectives import Objective, threat_of
 from sparring.objectives.base import walk
 from sparring.threat import ThreatModel
+from sparring.trackers import check_trackers
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,11 @@ class TrainConfig:
             stopping against robust overfitting) instead of the last ones; on by default with early
             stopping (None), off otherwise.
         holdout_size: held-out examples handed to ``objective.on_epoch_end`` (fast AT's CO detector).
+        compile: ``torch.compile`` the model (:func:`sparring.compile.compiled`, mode ``compile_mode``): the
+            training steps and the attacks inside them run compiled. Pays off on GPUs and larger models, not on
+            small CPU ones (compile time dominates; ``benchmarks/scaling.py``).
+        trackers: experiment trackers through accelerate (``tensorboard``, ``mlflow``, ``wandb`` when
+            installed), written under ``<run>/trackers`` (:mod:`sparring.trackers`).
     """
 
     epochs: int = 10
@@ -89,6 +98,9 @@ class TrainConfig:
     monitor: Literal["val_robust_accuracy", "val_clean_accuracy"] = "val_robust_accuracy"
     holdout_size: int = 128
     progress: bool = True
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    trackers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accumulation", "val_attack_steps"):
@@ -98,6 +110,7 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ConfigError("train.early_stopping_patience must be >= 1 or null")
+        self.trackers = tuple(check_trackers(self.trackers))
 
 
 @dataclass
@@ -195,11 +208,14 @@ class Trainer:
         # accumulation) must not inherit or clash with an earlier one. The process group is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
+        # Several processes without CUDA: accelerate runs DDP over gloo only when told to use the CPU.
+        multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
         self.accelerator = Accelerator(
-            cpu=self.cfg.cpu,
+            cpu=self.cfg.cpu or multi_cpu,
             mixed_precision=self.cfg.mixed_precision,
             gradient_accumulation_steps=self.cfg.grad_accumulation,
             dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch_size is the global batch
+            **trackers.accelerator_kwargs(self.cfg.trackers, self.out_dir),
         )
         world = self.accelerator.num_processes
         if self.cfg.batch_size % world:
@@ -220,6 +236,8 @@ class Trainer:
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, loader, scheduler
         )
+        if self.cfg.compile:  # after prepare, the order accelerate itself uses
+            self.model = compiled(self.model, mode=self.cfg.compile_mode)
         for inner in walk(objective):  # objectives that replay a batch (Free-AT) step it themselves, even wrapped
             if hasattr(inner, "optimizer") and getattr(inner, "optimizer", None) is None:
                 inner.optimizer = self.optimizer
@@ -238,6 +256,9 @@ class Trainer:
             )
         stopped_early = False
         started = time.perf_counter()
+        if self.cfg.trackers and not trackers.active(self.accelerator):
+            trackers.start(self.accelerator, project=self.out_dir.name if self.out_dir else "sparring",
+                           config=asdict(cfg))
         self.objective.on_train_begin(
             self.model, class_counts=self.class_counts, epochs=cfg.epochs, train=self.train_data
         )
@@ -364,7 +385,7 @@ class Trainer:
 
     # -------------------------------------------------------------- helpers
     def _unwrapped(self) -> nn.Module:
-        return self.accelerator.unwrap_model(self.model)
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)  # clean state_dict keys
 
     def _resume(self) -> dict[str, Any]:
         if self.checkpoints is None:
@@ -387,6 +408,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with (self.out_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
+        trackers.log_epoch(self.accelerator, record, step=record["epoch"])
 
     def _truncate_metrics(self, last_epoch: int) -> None:
         """Drop metric lines written after the checkpoint a run resumes from."""
