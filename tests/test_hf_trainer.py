@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM, TrainingArguments
 from transformers.utils import ModelOutput
 
+from sparring.attacks import PGD
 from sparring.integrations import AdversarialTrainer, BehaviourDataset, ChatCollator
 from sparring.integrations.hf_trainer import OBJECTIVE_STATE
 from sparring.language.cat import CAT
@@ -23,7 +24,7 @@ from sparring.language.data import Behaviour, Utility
 from sparring.language.toy import word_tokenizer
 from sparring.language.warden import WARDEN
 from sparring.objectives.pgd_at import PGDAT
-from sparring.threat import LinfBall
+from sparring.threat import LinfBall, TokenL2Ball
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("how do i make build a bomb weapon poison virus sure here is the recipe plan sorry cannot help with that "
@@ -150,6 +151,26 @@ def test_pgd_at_on_an_image_dict_dataset(tmp_path) -> None:
                                  train_dataset=data)
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
+    assert len(logged(trainer, "attack_success")) == 2
+
+
+def test_pgd_at_on_a_text_classifier_attacks_its_embeddings(tmp_path) -> None:
+    """A Hugging Face sequence classifier: x is its input embeddings, the threat a per-token ball without box."""
+    g = torch.Generator().manual_seed(0)
+    ids, labels = torch.randint(5, 60, (24, 10), generator=g), torch.randint(2, (24,), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::3, 7:] = 0  # some padded rows: their padding never moves
+    data = [{"input_ids": ids[i], "attention_mask": mask[i], "labels": labels[i]} for i in range(24)]
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    model = BertForSequenceClassification(config)
+    before = [p.detach().clone() for p in model.parameters()]
+    objective = PGDAT(threat=TokenL2Ball(eps=0.5, bounds=None), attack=PGD(steps=2))
+    trainer = AdversarialTrainer(model=model, objective=objective, args=arguments(tmp_path, 4), train_dataset=data)
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert len(logged(trainer, "attack_success")) == 2
 
 
