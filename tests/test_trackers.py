@@ -141,3 +141,24 @@ def _load_json(path: str) -> Any:
     import json
 
     return json.loads(Path(path).read_text())
+
+
+def test_a_configured_run_logs_epochs_and_its_evaluation_to_tensorboard(tmp_path: Path) -> None:
+    """``train.trackers`` in a run config: the Trainer logs every epoch and the run its evaluation."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sparring.config import parse_config
+    from sparring.experiment import run_experiment
+
+    config = parse_config({
+        "name": "tiny", "data": {"source": "digits"}, "model": {"name": "mlp"},
+        "train": {"epochs": 2, "batch_size": 64, "optimizer": "adam", "lr": 0.003, "val_size": 32,
+                  "trackers": ["tensorboard"]},
+        "eval": {"threat": {"eps": 0.1}, "suite": "fast", "max_samples": 32, "eps_curve": [0.0, 0.1]},
+    })
+    run_experiment(config, tmp_path / "run", progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "trackers" / "tiny")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1]
+    assert 0.0 <= events.Scalars("eval/robust_accuracy")[0].value <= events.Scalars("eval/clean_accuracy")[0].value
+    assert len(events.Scalars("eps_curve/robust_accuracy")) == 2
+    assert "trackers:\n  - tensorboard" in (tmp_path / "run" / "config.yaml").read_text()

@@ -125,6 +125,8 @@ def eval_(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     no_bounds: Annotated[bool, typer.Option("--no-bounds", help="No [0, 1] box (feature spaces).")] = False,
     seed: int = 0,
+    compile_model: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the model for the attack loops (helps on GPUs and large models).")] = False,
     out: OutOption = None,
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
@@ -157,6 +159,10 @@ def eval_(
     if checkpoint is not None:
         load_weights(net, checkpoint)
     net.to(_device(device))
+    if compile_model:  # dynamic shapes: cascades and early stopping attack shrinking subsets of a batch
+        from sparring.compile import compiled
+
+        net = compiled(net, dynamic=None)
     if data.endswith(".npz"):  # a file handed to an evaluation is evaluated whole (or its x_test / y_test)
         test = load_npz_for_evaluation(data)
     else:
