@@ -103,18 +103,16 @@ class PromptView(nn.Module):
             raise ConfigError("a prompt view needs at least one continuation")
         if not layers or len(set(layers)) != len(layers):
             raise ConfigError(f"layers must be a non-empty list without repeats, got {list(layers)}")
-        blocks = decoder_layers(model) if any(layer != "embedding" for layer in layers) else None
+        try:
+            blocks: nn.ModuleList | None = decoder_layers(model)
+        except ConfigError:  # no decoder-layer list: the embedding layer only, and no prompt_states tap
+            blocks = None
         layers = list(dict.fromkeys(_resolve(layer, blocks) for layer in layers))  # fractions may meet on shallow nets
         for layer in layers:
             if layer != "embedding" and not (isinstance(layer, int) and blocks is not None
                                              and -len(blocks) <= layer < len(blocks)):
                 raise ConfigError(f"layer {layer!r} is neither 'embedding' nor a decoder-layer index "
                                   f"(the model has {0 if blocks is None else len(blocks)})")
-        if blocks is None:
-            try:
-                blocks = decoder_layers(model)
-            except ConfigError:  # no decoder-layer list: no latent layers, no prompt_states tap
-                blocks = None
         self.model, self.batch = model, batch
         self.prompt_states = nn.Identity()  # the first block's output at the prompt positions (module doc)
         self.names = list(continuations)
