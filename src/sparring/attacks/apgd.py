@@ -44,7 +44,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem
+from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem, row_mask
 from sparring.errors import ConfigError
 from sparring.gradients import GradientSource
 from sparring.losses import dlr_targeted, get_loss
@@ -256,9 +256,9 @@ class _State:
         """The returned point, loss and logits: the first broken iterate, else the best-loss one."""
         f = self.found
         return (
-            torch.where(f.view((-1,) + (1,) * (self.x.dim() - 1)), self.found_x, self.best_x),
+            torch.where(row_mask(f, self.x), self.found_x, self.best_x),
             torch.where(f, self.found_loss, self.best_loss),
-            torch.where(_rows_of(f, self.best_logits), self.found_logits, self.best_logits),
+            torch.where(row_mask(f, self.best_logits), self.found_logits, self.best_logits),
         )
 
 
@@ -307,33 +307,28 @@ def _apgd(
     return out
 
 
-def _rows_of(mask: Tensor, like: Tensor) -> Tensor:
-    """A (B,) row mask shaped to broadcast over ``like``: logits (B, K), or (B, k, V) for sequences."""
-    return mask.view((-1,) + (1,) * (like.dim() - 1))
-
-
 def _record(s: _State, loss: Tensor, grad: Tensor, logits: Tensor, success: Tensor) -> None:
     """Book the new iterate ``s.cur``: first broken point, best-loss point, loss increases. No host sync."""
-    rows = (-1,) + (1,) * (s.x.dim() - 1)
     new = success & ~s.found
-    torch.where(new.view(rows), s.cur, s.found_x, out=s.found_x)
+    torch.where(row_mask(new, s.cur), s.cur, s.found_x, out=s.found_x)
     torch.where(new, loss, s.found_loss, out=s.found_loss)
-    torch.where(_rows_of(new, logits), logits, s.found_logits, out=s.found_logits)
+    torch.where(row_mask(new, logits), logits, s.found_logits, out=s.found_logits)
     s.found |= success
     s.increases += loss > s.loss_prev
     s.loss_prev = loss
     better = loss > s.best_loss
-    torch.where(better.view(rows), s.cur, s.best_x, out=s.best_x)
-    torch.where(better.view(rows), grad, s.best_grad, out=s.best_grad)
+    rows = row_mask(better, s.cur)
+    torch.where(rows, s.cur, s.best_x, out=s.best_x)
+    torch.where(rows, grad, s.best_grad, out=s.best_grad)
     torch.where(better, loss, s.best_loss, out=s.best_loss)
-    torch.where(_rows_of(better, logits), logits, s.best_logits, out=s.best_logits)
+    torch.where(row_mask(better, logits), logits, s.best_logits, out=s.best_logits)
     s.grad = grad
 
 
 def _checkpoint(s: _State, length: int, rho: float) -> None:
     """Halve η and go back to the best point where the loss oscillated (a) or stalled after no cut (b)."""
     cut = (s.increases <= length * rho) | (~s.reduced & (s.best_at_check >= s.best_loss))
-    rows = cut.view((-1,) + (1,) * (s.x.dim() - 1))
+    rows = row_mask(cut, s.x)
     s.eta = torch.where(rows, 0.5 * s.eta, s.eta)
     s.cur = torch.where(rows, s.best_x, s.cur)
     s.grad = torch.where(rows, s.best_grad, s.grad)

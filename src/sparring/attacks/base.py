@@ -209,6 +209,12 @@ def success_of(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
     return (right | (target == IGNORE)).flatten(1).all(1) if right.dim() > 1 else right
 
 
+def row_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """A (B,) row mask shaped (B, 1, ..., 1) to select whole rows of ``like``: inputs, logits (B, K) or sequence
+    logits (B, k, V) (``torch.where(row_mask(m, x), x_new, x)``)."""
+    return mask.view((-1,) + (1,) * (like.dim() - 1))
+
+
 def check_batch(x: Tensor, y: Tensor, threat: ThreatModel) -> None:
     """Raise a :class:`DataError` naming the problem if the batch cannot be attacked."""
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem
+from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem, row_mask
 from sparring.errors import ConfigError
 from sparring.threat import ThreatModel, per_sample
 
@@ -154,8 +154,7 @@ class _Best:
             return _Best(x=x, loss=loss, logits=logits, success=success)
         # Lexicographic (success, loss): a new success wins, a lost one loses, a tie goes to the higher loss.
         better = torch.where(success == best.success, loss > best.loss, success)
-        rows = better.view((-1,) + (1,) * (x.dim() - 1))
-        logit_rows = better.view((-1,) + (1,) * (logits.dim() - 1))  # (B, K) classes or (B, k, V) sequences
+        rows, logit_rows = row_mask(better, x), row_mask(better, logits)  # logits: (B, K) or (B, k, V) sequences
         if best.owned:
             torch.where(rows, x, best.x, out=best.x)
             torch.where(better, loss, best.loss, out=best.loss)
