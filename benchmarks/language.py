@@ -96,7 +96,7 @@ def build_model(vocab: int, seed: int) -> torch.nn.Module:
 def sft_loss(model: torch.nn.Module, batch: ChatBatch) -> torch.Tensor:
     """Mean response NLL of a batch with one continuation, ``response`` (plain supervised fine-tuning)."""
     view = PromptView(model, batch, ["response"])
-    return cross_entropy(view(view.reference()), view.labels).mean()
+    return cross_entropy(view.clean_logits(), view.labels).mean()
 
 
 def sft(model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], *, steps: int, lr: float,

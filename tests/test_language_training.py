@@ -93,6 +93,7 @@ def test_prompts_are_aligned_at_their_end_and_the_view_matches_the_plain_model(m
     assert not (batch.prompt_mask & (batch.prompt_attention == 0)).any()
     view = PromptView(model, batch, ["target", "refusal"])
     logits = view.split(view(view.reference()))
+    torch.testing.assert_close(view.clean_logits(), view(view.reference()))  # the clean path skips x⁰
     for row in range(6):  # the padded, aligned batch gives the logits of each unpadded sequence
         prompt = batch.prompt_ids[row][batch.prompt_attention[row].bool()]
         cont = batch.continuations["refusal"]
@@ -139,7 +140,7 @@ def test_attacks_raise_the_target_likelihood_within_the_budget(model, make) -> N
     result = make()(model, batch, generator=torch.Generator().manual_seed(0))
     assert (result.toward_nll < before).all() and result.toward_nll.mean() < 0.7 * before.mean()
     delta = result.view.delta(result.x_adv)  # absolute perturbation (B, L·P, D)
-    per_token = delta.norm(dim=-1) / result.view._scale[..., 0]
+    per_token = delta.norm(dim=-1) / result.view.scale[..., 0]
     assert (per_token <= 0.5 + 1e-4).all()
     assert (delta[~result.view.mask()] == 0).all()  # template tokens and padding never move
 

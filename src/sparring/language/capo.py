@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from sparring.context import frozen_model
 from sparring.errors import ConfigError
 from sparring.language.batch import ChatBatch
-from sparring.language.cat import utility_loss
+from sparring.language.cat import utility_term
 from sparring.language.losses import ipo, sequence_logprob
 from sparring.language.prompt_attack import PromptAttack, embedding_attack
 from sparring.language.view import PromptView
@@ -76,11 +76,7 @@ class CAPO(Objective):
             "ipo_margin": margin.mean(),
             "preference_accuracy": (logp["refusal"] > logp["target"]).float().mean(),
         }
-        extra = None
-        utility = utility_loss(model, batch.utility) if self.utility_weight > 0 else None
-        if utility is not None:
-            metrics["utility_nll"] = utility.detach()
-            extra = self.utility_weight * utility
+        extra = utility_term(model, batch.utility, self.utility_weight, metrics)
         return ObjectiveOutput(loss=loss, logits=view.split(logits)["refusal"], metrics=metrics, extra=extra)
 
     @staticmethod

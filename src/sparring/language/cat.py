@@ -41,12 +41,16 @@ from sparring.losses import cross_entropy
 from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
 
 
-def utility_loss(model: nn.Module, batch: ChatBatch | None) -> Tensor | None:
-    """Mean NLL of the utility chats' responses (no attack), or None without utility chats."""
-    if batch is None or len(batch) == 0:
+def utility_term(model: nn.Module, batch: ChatBatch | None, weight: float,
+                 metrics: dict[str, float | Tensor]) -> Tensor | None:
+    """``weight`` × the mean NLL of the utility chats' responses (no attack), for ``ObjectiveOutput.extra``; None
+    without chats or weight. Logs the NLL as ``utility_nll`` in ``metrics``."""
+    if batch is None or len(batch) == 0 or weight == 0:
         return None
     view = PromptView(model, batch, ["response"])
-    return cross_entropy(view(view.reference()), view.labels).mean()
+    utility = cross_entropy(view.clean_logits(), view.labels).mean()
+    metrics["utility_nll"] = utility.detach()
+    return weight * utility
 
 
 @OBJECTIVES.register("cat")
@@ -88,15 +92,11 @@ class CAT(Objective):
         toward_term = toward(parts["refusal"], labels["refusal"], cutoff=self.toward_cutoff)
         away_term = away(parts["target"], labels["target"], kind=self.away_kind, cutoff=self.away_cutoff)
         loss = self.toward_weight * toward_term + self.away_weight * away_term
-        utility = utility_loss(model, batch.utility)
         metrics: dict[str, float | Tensor] = {
             "attack_success": result.success.float().mean(),
             "attack_target_nll": result.toward_nll.mean(),
             "toward_loss": toward_term.detach().mean(),
             "away_loss": away_term.detach().mean(),
         }
-        extra = None
-        if utility is not None:
-            metrics["utility_nll"] = utility.detach()
-            extra = self.utility_weight * utility
+        extra = utility_term(model, batch.utility, self.utility_weight, metrics)
         return ObjectiveOutput(loss=loss, logits=parts["refusal"], metrics=metrics, extra=extra)

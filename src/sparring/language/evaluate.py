@@ -185,7 +185,7 @@ def _attack_and_generate(model: nn.Module, batch: ChatBatch, attack: LanguageAtt
 def _utility(model: nn.Module, batch: ChatBatch) -> tuple[Tensor, Tensor]:
     """(B,) mean response-token NLL and (B,) teacher-forced token accuracy of the ``response`` continuation."""
     view = PromptView(model, batch, ["response"])
-    logits, labels = view(view.reference()), view.labels  # (B, K, V), (B, K)
+    logits, labels = view.clean_logits(), view.labels  # (B, K, V), (B, K)
     valid = labels != IGNORE
     correct = ((logits.argmax(-1) == labels) & valid).sum(1)
     return cross_entropy(logits, labels), correct.float() / valid.sum(1).clamp_min(1)

@@ -119,7 +119,8 @@ class PromptView(nn.Module):
         self.conts = [batch.continuation(name) for name in self.names]
         self.layers = list(layers)
         self._blocks = blocks
-        self._reference, self._scale = self._clean(relative)
+        self._relative = relative
+        self._clean_state: tuple[Tensor, Tensor] | None = None  # (x⁰, s), computed on first use
 
     @property
     def width(self) -> int:
@@ -133,7 +134,23 @@ class PromptView(nn.Module):
 
     def reference(self) -> Tensor:
         """The clean x⁰ (B, L·P, D), detached: attack around it."""
-        return self._reference
+        return self._state()[0]
+
+    @property
+    def scale(self) -> Tensor:
+        """(B, L·P, 1) the unit s of x at each layer (module doc)."""
+        return self._state()[1]
+
+    def _state(self) -> tuple[Tensor, Tensor]:
+        """(x⁰, s), from one clean pass the first time they are needed (a view only read clean never runs it)."""
+        if self._clean_state is None:
+            self._clean_state = self._clean(self._relative)
+        return self._clean_state
+
+    def clean_logits(self) -> Tensor:
+        """``forward(reference())`` without the reference: the continuations' logits at the clean prompts, in one
+        pass each (supervised and utility losses; gradients reach the parameters when they require them)."""
+        return torch.cat([continuation_logits(self.model, self.batch, c) for c in self.conts], 1)
 
     def mask(self) -> Tensor:
         """(B, L·P) bool: the positions a per-token threat may move (the user prompt's tokens at every layer)."""
@@ -141,17 +158,17 @@ class PromptView(nn.Module):
 
     def over(self, continuations: Sequence[str]) -> PromptView:
         """The same view (same x⁰ and scale, so the same x) returning other continuations' logits."""
-        view = self._with([self.batch.continuation(name) for name in continuations])
-        view.names = list(continuations)
-        return view
+        return self._with([self.batch.continuation(name) for name in continuations], list(continuations))
 
     def delta(self, x: Tensor) -> Tensor:
         """(B, L·P, D) the absolute perturbation (x − x⁰)·s that ``forward(x)`` adds."""
-        return (x - self._reference) * self._scale
+        reference, scale = self._state()
+        return (x - reference) * scale
 
     def at(self, delta: Tensor) -> Tensor:
         """The x whose :meth:`delta` is ``delta``: moves another view's perturbation into this one."""
-        return self._reference + delta / self._scale
+        reference, scale = self._state()
+        return reference + delta / scale
 
     def split(self, logits_or_labels: Tensor) -> dict[str, Tensor]:
         """Cut (B, K₁+…, …) along dim 1 into the continuations' pieces, by name."""
@@ -175,7 +192,7 @@ class PromptView(nn.Module):
         for _ in range(max_new_tokens):
             grown = Continuation(ids=torch.cat([ids, ids.new_full((b, 1), pad_token_id)], 1),
                                  attention=torch.ones(b, ids.shape[1] + 1, dtype=torch.long, device=device))
-            step = self._with([grown])(x)[:, -1].argmax(-1)  # the last position predicts the next token
+            step = self._with([grown], ["generated"])(x)[:, -1].argmax(-1)  # the last position predicts the next
             step = torch.where(done, torch.full_like(step, pad_token_id), step)
             ids = torch.cat([ids, step[:, None]], 1)
             if eos_token_id is not None:
@@ -184,9 +201,11 @@ class PromptView(nn.Module):
                     break
         return ids
 
-    def _with(self, conts: list[Continuation]) -> PromptView:
+    def _with(self, conts: list[Continuation], names: list[str]) -> PromptView:
+        """A shallow copy returning ``conts``' logits (x⁰ and s shared: computed first, so only once)."""
+        self._state()
         view = copy.copy(self)
-        view.names, view.conts = [f"c{i}" for i in range(len(conts))], conts
+        view.names, view.conts = names, conts
         return view
 
     def _module(self, layer: Layer) -> nn.Module:
