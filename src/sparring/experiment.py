@@ -106,8 +106,9 @@ def run_experiment(
     threat = config.eval_threat(objective)
     main = is_main_process()  # under torchrun / accelerate launch: rank 0 writes, every rank trains and evaluates
     out = prepare_run_dir(out, overwrite=overwrite, resume=resume) if main else Path(out)
+    resolved = resolved_yaml(config, objective, train_cfg)
     if main and not resume:
-        atomic_write_text(out / "config.yaml", resolved_yaml(config, objective, train_cfg))
+        atomic_write_text(out / "config.yaml", resolved)
     barrier()
     notify(f"training {config.model.name} with {objective.name} on {train_data.name} → {out}")
     trainer = Trainer(
@@ -116,7 +117,7 @@ def run_experiment(
     )
     if train_cfg.trackers:
         trackers.start(trainer.accelerator, project=config.name or out.name, run_name=out.name,
-                       config=yaml.safe_load(resolved_yaml(config, objective, train_cfg)))
+                       config=yaml.safe_load(resolved))
     try:
         result = trainer.fit(resume=resume)
         model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
