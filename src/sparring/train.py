@@ -111,6 +111,10 @@ class TrainConfig:
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ConfigError("train.early_stopping_patience must be >= 1 or null")
         self.trackers = tuple(check_trackers(self.trackers))
+        world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch, read when configs load
+        if self.batch_size % world:
+            raise ConfigError(f"train.batch_size ({self.batch_size}) is the global batch, split across {world} "
+                              f"processes: make it a multiple of {world}")
 
 
 @dataclass
@@ -217,10 +221,6 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch_size is the global batch
             **trackers.accelerator_kwargs(self.cfg.trackers, self.out_dir),
         )
-        world = self.accelerator.num_processes
-        if self.cfg.batch_size % world:
-            raise ConfigError(f"train.batch_size ({self.cfg.batch_size}) is the global batch, split across {world} "
-                              f"processes: make it a multiple of {world}")
         x, y = train
         self.train_data = (x, y)
         k = num_classes if num_classes is not None else int(y.max()) + 1 if len(y) else 0
