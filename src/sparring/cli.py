@@ -7,8 +7,6 @@ run folder) ends with one line on stderr naming the problem and exit status 2, n
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import logging
 import sys
 import warnings
@@ -31,6 +29,9 @@ out_console = Console()
 OutOption = Annotated[Path | None, typer.Option("--out", help="Run folder to write (default: runs/<name>).")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+EpsOption = Annotated[str, typer.Option("--eps", help="Radius of the threat model in input units: 0.03 or 8/255.")]
+NormOption = Annotated[str, typer.Option("--norm", help="linf or l2 (case-insensitive: Linf, L2).")]
+CheckpointOption = Annotated[Path | None, typer.Option("--checkpoint", help="Weights to load into the model.")]
 
 
 def _notify(message: str) -> None:
@@ -106,9 +107,9 @@ def eval_(
     data: Annotated[str, typer.Option(
         "--data", help="digits, cifar10, cifar100 (their test split) or a .npz file with x and y (evaluated whole; "
         "x_test/y_test instead if present).")],
-    eps: Annotated[float, typer.Option("--eps", help="Radius of the threat model (input units).")],
-    norm: Annotated[str, typer.Option("--norm", help="linf or l2.")] = "linf",
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="safetensors weights to load.")] = None,
+    eps: EpsOption,
+    norm: NormOption = "linf",
+    checkpoint: CheckpointOption = None,
     data_root: Annotated[str | None, typer.Option("--data-root", help="Folder or archive of CIFAR.")] = None,
     suite: Annotated[str, typer.Option("--suite", help="fast, standard or plus.")] = "standard",
     attacks: Annotated[
@@ -139,36 +140,27 @@ def eval_(
     """
     from sparring.attacks import build
     from sparring.attacks.cascade import SUITES
-    from sparring.checkpoint import load_weights
-    from sparring.data import load_data
-    from sparring.data.npz import load_npz_for_evaluation
+    from sparring.data import load_eval_data
     from sparring.errors import ConfigError
     from sparring.eval_state import is_main_process
     from sparring.experiment import evaluate_model
-    from sparring.threat import make_threat
+    from sparring.models.loading import load_model
 
-    if norm not in ("linf", "l2"):
-        raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
+    threat = _threat(norm, eps, no_bounds)
     if suite not in SUITES:
         raise ConfigError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"--precision must be fp32 or bf16, got {precision!r}")
     radii = _floats(eps_curve, "--eps-curve") if eps_curve is not None else None
-    threat = make_threat(norm, eps, None if no_bounds else (0.0, 1.0))
-    net = load_factory(model)()
-    if checkpoint is not None:
-        load_weights(net, checkpoint)
+    _, test = load_eval_data(data, root=data_root, seed=seed)  # a file is evaluated whole (or its x_test / y_test)
+    net = load_model(model, checkpoint=checkpoint, data=test)
     net.to(_device(device))
     if compile_model:  # dynamic shapes: cascades and early stopping attack shrinking subsets of a batch
         from sparring.compile import compiled
 
         net = compiled(net, dynamic=None)
-    if data.endswith(".npz"):  # a file handed to an evaluation is evaluated whole (or its x_test / y_test)
-        test = load_npz_for_evaluation(data)
-    else:
-        _, test = load_data(data, root=data_root, seed=seed)
     cascade = [build(name.strip()) for name in attacks.split(",")] if attacks else suite
-    folder = out or Path("runs") / f"eval-{Path(data).stem}-{norm}-{eps:g}"
+    folder = out or Path("runs") / f"eval-{Path(data).stem}-{threat.norm}-{float(threat.eps):g}"
     main = is_main_process()
     with _progress_bar("evaluating", enabled=main and not quiet) as advance:
         report = evaluate_model(
@@ -185,17 +177,17 @@ def attack(
     model: Annotated[str, typer.Option("--model", help="MODULE:FACTORY or file.py:FACTORY returning the model.")],
     data: Annotated[str, typer.Option(
         "--data", help="digits, cifar10, cifar100 (their test split) or a .npz file with x and y (attacked whole).")],
-    eps: Annotated[float, typer.Option("--eps", help="Radius of the threat model (input units).")],
+    eps: EpsOption,
     out: Annotated[Path, typer.Option("--out", help="The .npz file to write (x_adv, y, success, loss, meta).")],
     attack_name: Annotated[str, typer.Option("--attack", help="A registered attack (fgsm, pgd, apgd, ...).")] = "pgd",
-    norm: Annotated[str, typer.Option("--norm", help="linf or l2.")] = "linf",
+    norm: NormOption = "linf",
     gradients: Annotated[str, typer.Option("--gradients", help="autograd or predicted.")] = "autograd",
     predictor: Annotated[
         Path | None, typer.Option("--predictor", help="A saved GradientPredictor (with --gradients predicted).")
     ] = None,
     layer: Annotated[str | None, typer.Option(
         "--layer", help="Calibrate a predictor on this layer (module path) from the training split instead.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="safetensors weights to load.")] = None,
+    checkpoint: CheckpointOption = None,
     data_root: Annotated[str | None, typer.Option("--data-root", help="Folder or archive of CIFAR.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ...")] = None,
@@ -209,28 +201,19 @@ def attack(
     Killed? Run the same command again: finished batches are kept in OUT.state/ until the file is complete.
     """
     from sparring.attacks import build
-    from sparring.checkpoint import load_weights
-    from sparring.data import load_data
-    from sparring.data.npz import load_npz_for_evaluation
+    from sparring.data import load_eval_data
     from sparring.errors import ConfigError
     from sparring.generate import generate
-    from sparring.threat import make_threat
+    from sparring.models.loading import load_model
 
-    if norm not in ("linf", "l2"):
-        raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
+    threat = _threat(norm, eps, no_bounds)
     if gradients not in ("autograd", "predicted"):
         raise ConfigError(f"--gradients must be autograd or predicted, got {gradients!r}")
     if gradients == "predicted" and predictor is None and layer is None:
         raise ConfigError("--gradients predicted needs --predictor FILE (a saved predictor) or --layer NAME")
-    threat = make_threat(norm, eps, None if no_bounds else (0.0, 1.0))
-    net = load_factory(model)()
-    if checkpoint is not None:
-        load_weights(net, checkpoint)
+    train, target = load_eval_data(data, root=data_root, seed=seed)  # a file is attacked whole
+    net = load_model(model, checkpoint=checkpoint, data=target)
     net.to(_device(device)).eval()
-    if data.endswith(".npz"):
-        target, train = load_npz_for_evaluation(data), None
-    else:
-        train, target = load_data(data, root=data_root, seed=seed)
     settings: dict[str, Any] = {}
     if gradients == "predicted":
         settings["gradients"] = _predicted(net, predictor, layer, train, out, seed)
@@ -282,16 +265,22 @@ def _device(name: str | None) -> Any:
     return device
 
 
-def _floats(text: str, option: str) -> list[float]:
+def _threat(norm: str, eps: str, no_bounds: bool) -> Any:
+    """The threat of ``--norm`` / ``--eps`` as written (``Linf``, ``8/255``), one line on anything else."""
     from sparring.errors import ConfigError
+    from sparring.threat import make_threat, parse_eps, parse_norm
 
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{option} must be comma-separated numbers, got {text!r}") from None
-    if any(not v >= 0 for v in values):
-        raise ConfigError(f"{option} values must be >= 0, got {text!r}")
-    return values
+    name = parse_norm(norm)
+    if name not in ("linf", "l2"):
+        raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
+    return make_threat(name, parse_eps(eps, where="--eps"), None if no_bounds else (0.0, 1.0))
+
+
+def _floats(text: str, option: str) -> list[float]:
+    """Comma-separated radii as people write them (``0,2/255,4/255``); one line on anything else."""
+    from sparring.threat import parse_eps
+
+    return [parse_eps(v, where=option) for v in text.split(",") if v.strip()]
 
 
 @contextlib.contextmanager
@@ -333,27 +322,10 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding re
 
 
 def load_factory(spec: str) -> Any:
-    """Resolve ``MODULE:FACTORY`` (a module path or a .py file) to a callable."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise SparringError(f"--model must look like MODULE:FACTORY, got {spec!r}")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise SparringError(f"model file not found: {path}")
-            spec_obj = importlib.util.spec_from_file_location(path.stem, path)
-            assert spec_obj is not None and spec_obj.loader is not None
-            module = importlib.util.module_from_spec(spec_obj)
-            spec_obj.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SparringError(f"cannot import {module_name!r}: {exc}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise SparringError(f"{module_name} has no callable {attr!r}")
-    return factory
+    """Resolve ``MODULE:FACTORY`` to a callable (see :func:`sparring.models.loading.load_factory`)."""
+    from sparring.models.loading import load_factory as resolve
+
+    return resolve(spec)
 
 
 def main() -> None:

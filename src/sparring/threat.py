@@ -290,9 +290,47 @@ class TokenLinfBall(TokenBall):
     token_ord: ClassVar[float] = float("inf")
 
 
+#: How people write norms (torchattacks and AutoAttack say ``Linf`` / ``L2``), case-insensitive, to our names.
+NORM_ALIASES = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l∞": "linf", "l2": "l2", "l_2": "l2", "2": "l2"}
+
+
+def parse_norm(name: str) -> str:
+    """``Linf`` / ``LINF`` / ``inf`` → ``linf``, ``L2`` / ``2`` → ``l2``; any other name lower-cased (``points``,
+    ``token_l2``), for the registry to accept or refuse."""
+    text = str(name).strip()
+    return NORM_ALIASES.get(text.lower(), text.lower())
+
+
+def parse_eps(value: str | float | int, *, where: str = "eps") -> float:
+    """A radius as people write it: ``0.03``, ``8/255`` (a fraction of two numbers; nothing is evaluated), ``1e-2``.
+
+    Raises:
+        ThreatModelError: one line naming ``where`` for anything else (text, ``1/0``, a negative or infinite value).
+    """
+    if isinstance(value, bool):
+        raise ThreatModelError(f"{where} must be a number like 0.03 or 8/255, got {value!r}")
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        text = str(value).strip()
+        numerator, slash, denominator = text.partition("/")
+        try:
+            number = float(numerator) / float(denominator) if slash else float(text)
+        except ValueError:
+            raise ThreatModelError(f"{where} must be a number like 0.03 or 8/255, got {text!r}") from None
+        except ZeroDivisionError:
+            raise ThreatModelError(f"{where}: division by zero in {text!r}") from None
+    if not (number >= 0 and number != float("inf")):
+        raise ThreatModelError(f"{where} must be a finite number >= 0, got {value!r}")
+    return number
+
+
 def make_threat(
-    norm: str, eps: Radius, bounds: tuple[float, float] | None = (0.0, 1.0), **settings: object
+    norm: str, eps: Radius | str, bounds: tuple[float, float] | None = (0.0, 1.0), **settings: object
 ) -> ThreatModel:
     """Build a threat model by norm name (``"linf"``, ``"l2"``, ``"token_l2"``, ``"token_linf"``, and the point
-    clouds' ``"points"``); ``settings`` are the threat's own fields (a point set's ``radius``)."""
-    return THREATS.get(norm)(eps=eps, bounds=bounds, **settings)
+    clouds' ``"points"``; case-insensitive, ``Linf`` / ``L2`` too); ``settings`` are the threat's own fields (a
+    point set's ``radius``). ``eps`` may be written as text, ``"8/255"`` (see :func:`parse_eps`)."""
+    if isinstance(eps, str):
+        eps = parse_eps(eps)
+    return THREATS.get(parse_norm(norm))(eps=eps, bounds=bounds, **settings)

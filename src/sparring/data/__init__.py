@@ -15,7 +15,7 @@ from sparring.data.dataset import Dataset, stratified_split
 from sparring.data.digits import load_digits
 from sparring.data.longtail import long_tail, long_tail_counts
 from sparring.data.mnist1d import load_mnist1d
-from sparring.data.npz import load_npz
+from sparring.data.npz import load_npz, load_npz_for_evaluation
 from sparring.errors import DataError
 
 SOURCES = ("digits", "mnist1d", "shapes", "modelnet40", "scanobjectnn", "cifar10", "cifar100")
@@ -70,8 +70,18 @@ def load_data(
     return train, test
 
 
+def load_eval_data(source: str, *, root: str | None = None, seed: int = 0) -> tuple[Dataset | None, Dataset]:
+    """``(train or None, points to evaluate)`` for ``sparring eval`` / ``sparring attack``: a named source's test
+    split (its training split beside it), or a file handed over whole (an ``.npz``: its ``x_test`` if present)."""
+    source = str(source)
+    if source.endswith(".npz"):
+        return None, load_npz_for_evaluation(source)
+    return load_data(source, root=root, seed=seed)
+
+
 __all__ = [
     "Dataset",
+    "load_eval_data",
     "SOURCES",
     "load_cifar",
     "load_data",
