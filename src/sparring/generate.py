@@ -34,6 +34,7 @@ from sparring.data import Dataset
 from sparring.errors import ConfigError, RunFolderError
 from sparring.eval_state import EvalState, batch_generator, fingerprint
 from sparring.files import atomic_write_npz
+from sparring.models.fit import check_model_accepts
 from sparring.threat import ThreatModel
 
 
@@ -72,6 +73,7 @@ def generate(
         raise RunFolderError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     x, y = (data.x, data.y) if isinstance(data, Dataset) else data
     device = torch.device(device) if device is not None else device_of(model)
+    check_model_accepts(model, data, device=device)  # a wrong shape is one line here, not a traceback mid-attack
     settings = {"attack": attack.describe(), "threat": threat.describe(), "batch_size": batch_size, "seed": seed,
                 "n": len(x)}
     out.parent.mkdir(parents=True, exist_ok=True)

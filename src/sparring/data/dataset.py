@@ -26,6 +26,9 @@ class Dataset:
         num_classes: number of classes K (some may have no samples, e.g. in a subset).
         class_names: K names; ``str(i)`` when left empty.
         name: a short identifier used in reports (``"digits"``, ``"cifar10-lt100"``).
+        layout: one line saying how the inputs were read, for the user to check (``"cifar.npz: x: 10000
+            images (N, H, W, C) uint8 → (N, 3, 32, 32) float32 ×1/255, values in [0, 1]"``); empty when the
+            loader has nothing to state. The CLI prints it.
     """
 
     x: Tensor
@@ -33,6 +36,7 @@ class Dataset:
     num_classes: int
     class_names: list[str] = field(default_factory=list)
     name: str = "dataset"
+    layout: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, Tensor) or not isinstance(self.y, Tensor):
@@ -91,6 +95,7 @@ class Dataset:
             num_classes=self.num_classes,
             class_names=list(self.class_names),
             name=self.name,
+            layout=self.layout,
         )
 
     def class_counts(self) -> Tensor:
