@@ -23,6 +23,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from sparring.errors import RunFolderError
 from sparring.files import atomic_write_text
 from sparring.report import plots
+from sparring.report.compare import ComparedRun, ThreatGroup, compare_runs
 from sparring.report.schema import (
     REPORT_FILE,
     attack_accuracies,
@@ -40,6 +41,8 @@ HTML_FILE = "report.html"
 METRICS_FILE = "metrics.jsonl"
 EXAMPLES_FILE = "examples.npz"
 COMPARISON_FILE = "comparison.html"
+# In the head of every comparison page: what lets a later write recognise a page it may replace.
+COMPARISON_MARKER = '<meta name="generator" content="sparring compare">'
 
 
 @cache
@@ -400,53 +403,100 @@ def _link(run_dir: Path, page_dir: Path) -> str:
     return quote(Path(relative).as_posix())
 
 
-def write_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
-    """Write one HTML page comparing runs: a table and their ε-curves overlaid, linking to each report.
+def _is_comparison_page(path: Path) -> bool:
+    """Whether ``path`` is a comparison page sparring wrote (its head carries :data:`COMPARISON_MARKER`)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8192)
+    except OSError:
+        return False
+    return COMPARISON_MARKER.encode() in head
 
-    ``out`` is the page's path (or a folder, which gets ``comparison.html``). Links are relative, so the
-    page keeps working when the folders move together.
+
+def _class_cells(group: ThreatGroup, run: ComparedRun) -> list[dict[str, Any]]:
+    """The per-class cells of one run: one per class of the group, the run's weakest marked."""
+    scored = [v for v in run.per_class.values() if v is not None]
+    lowest = min(scored) if scored else None
+    return [
+        {
+            "value": format_accuracy(run.per_class.get(key)),
+            "lowest": lowest is not None and run.per_class.get(key) == lowest,
+        }
+        for key, _ in group.classes
+    ]
+
+
+def _group_view(index: int, group: ThreatGroup, page_dir: Path) -> dict[str, Any]:
+    rows = []
+    for run in group.runs:
+        model = run.report.get("model") if isinstance(run.report.get("model"), dict) else {}
+        rows.append(
+            {
+                "label": run.label,
+                "href": _link(run.run_dir, page_dir),
+                "objective": str(run.report.get("objective")),
+                "model": str(model.get("name", "—")),
+                "clean": format_accuracy(run.report.get("clean_accuracy")),
+                "attacks": [format_accuracy(run.attacks.get(name)) for name in group.attacks],
+                "worst": format_accuracy(run.worst),
+                "best": run.best,
+                "balanced": format_accuracy(run.balanced_robust),
+                "trustworthy": run.trustworthy,
+                "failed": run.failed,
+                "classes": _class_cells(group, run) if group.class_columns else [],
+                "lowest": [f"{name}: {format_accuracy(acc)}" for name, acc in group.lowest_classes(run)],
+            }
+        )
+    labelled = [(run.label, run.report) for run in group.runs]
+    return {
+        "id": f"threat-{index + 1}",
+        "heading": group.heading,
+        "attacks": group.attacks,
+        "classes": [name for _, name in group.classes] if group.class_columns else [],
+        "class_columns": group.class_columns,
+        "has_classes": bool(group.classes),
+        "ranked": len(group.runs) > 1,
+        "rows": rows,
+        "curves": figure_png(plots.comparison_figure(labelled)),
+    }
+
+
+def render_comparison(groups: Sequence[ThreatGroup], *, page_dir: Path, title: str = "Run comparison") -> str:
+    """The HTML text of the comparison page for :func:`~sparring.report.compare.compare_runs`'s groups.
+
+    ``page_dir`` is the folder the page will live in (the run links are relative to it).
+    """
+    return render_template(
+        "comparison.html",
+        title=title,
+        n_runs=sum(len(group.runs) for group in groups),
+        groups=[_group_view(i, group, Path(page_dir)) for i, group in enumerate(groups)],
+    )
+
+
+def write_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
+    """Write one HTML page comparing runs, grouped by threat model; return its path.
+
+    Runs evaluated under different threat models (norm, ε, box: see :func:`~sparring.report.compare.threat_key`)
+    go to different sections and are never ranked against each other. Each section has a table (objective,
+    model, clean, robust after each attack, worst case, balanced robust, trustworthy; the best trustworthy
+    worst case in bold), robust accuracy per class, and the runs' ε-curves on shared axes. ``out`` is the
+    page's path (or a folder, which gets ``comparison.html``). Links are relative, so the page keeps working
+    when the folders move together.
 
     Raises:
-        RunFolderError: if ``run_dirs`` is empty or a run's ``report.json`` is missing or malformed.
+        RunFolderError: if ``run_dirs`` is empty, a run's ``report.json`` is missing, malformed or not a
+            classification report, or ``out`` exists and is not a comparison page written by sparring (a file
+            sparring did not write is never overwritten).
     """
-    if not run_dirs:
-        raise RunFolderError("write_comparison needs at least one run folder")
+    groups = compare_runs(run_dirs)
     out = Path(out)
     if out.is_dir():
         out = out / COMPARISON_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    dirs = [Path(d).parent if Path(d).is_file() else Path(d) for d in run_dirs]
-    reports = [load_report(d / REPORT_FILE) for d in dirs]
-    labels = [str(r.get("run_name") or d.name) for r, d in zip(reports, dirs, strict=True)]
-    labels = [
-        f"{label} ({d.name})" if labels.count(label) > 1 else label for label, d in zip(labels, dirs, strict=True)
-    ]
-    worst = [worst_case(r) for r in reports]
-    best = max((w for w in worst if w is not None), default=None)
-    rows = []
-    for label, run_dir, report, w in zip(labels, dirs, reports, worst, strict=True):
-        balanced = report.get("balanced_accuracy") if isinstance(report.get("balanced_accuracy"), dict) else {}
-        model = report.get("model") if isinstance(report.get("model"), dict) else {}
-        rows.append(
-            {
-                "label": label,
-                "href": _link(run_dir, out.parent),
-                "objective": str(report.get("objective")),
-                "model": str(model.get("name", "—")),
-                "threat": format_threat(report.get("threat")),
-                "clean": format_accuracy(report.get("clean_accuracy")),
-                "worst": format_accuracy(w),
-                "best": w is not None and w == best,
-                "balanced": format_accuracy(balanced.get("robust")),
-                "trustworthy": is_trustworthy(report),
-                "failed": [str(c.get("name")) for c in failed_checks(report)],
-            }
+    if out.exists() and not (out.is_file() and _is_comparison_page(out)):
+        raise RunFolderError(
+            f"{out} exists and is not a comparison page written by sparring; choose another output path or remove it"
         )
-    html = render_template(
-        "comparison.html",
-        title="Run comparison",
-        rows=rows,
-        curves=figure_png(plots.comparison_figure(list(zip(labels, reports, strict=True)))),
-    )
-    atomic_write_text(out, html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, render_comparison(groups, page_dir=out.parent))
     return out

@@ -354,12 +354,18 @@ def cloud_examples_figure(examples: Mapping[str, np.ndarray], class_names: Seque
 
 
 def comparison_figure(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure | None:
-    """The ε-curves of several runs overlaid, each run's evaluated ε marked with a star."""
+    """The ε-curves of several runs overlaid, each run's evaluated ε marked with a star.
+
+    The runs must share a norm (group them by threat first, as ``compare_runs`` does): ε under different norms
+    are different units and never share an axis. Raises ValueError otherwise.
+    """
     drawn = [(label, report, *_curve(report)) for label, report in runs]
     drawn = [item for item in drawn if item[2]]
     if not drawn:
         return None
     norms = {norm_symbol((report.get("threat") or {}).get("norm", "?")) for _, report, _, _ in drawn}
+    if len(norms) > 1:
+        raise ValueError(f"comparison_figure: runs under norms {', '.join(sorted(norms))} cannot share axes")
     fig = Figure(figsize=(7.0, 4.0))
     ax = fig.add_subplot()
     for label, report, eps, acc in drawn:

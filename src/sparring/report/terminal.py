@@ -8,6 +8,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from sparring.report.compare import ThreatGroup
 from sparring.report.schema import (
     attack_accuracies,
     failed_checks,
@@ -65,4 +66,48 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     else:
         table.caption = "[bold green]✓ all checks passed[/]"
     table.caption_justify = "left"
+    return table
+
+
+def comparison_table(group: ThreatGroup) -> Table:
+    """The runs of one threat group side by side, one column per run (the summary table's rows, transposed).
+
+    Rows: objective, clean, robust after each attack of the group ("—" where a run lacks it), the worst case,
+    balanced robust, trustworthy (✗ with the failed checks in red) and the three weakest classes. The title is the
+    group's threat model; the best trustworthy worst case of the group is bold and starred (a group of one run
+    has no best).
+    """
+    table = Table(title=escape(group.heading), title_justify="left", title_style="bold", caption_style="none")
+    table.add_column("", no_wrap=True)
+    for run in group.runs:
+        table.add_column(escape(run.label) + (" ★" if run.best else ""), justify="right", overflow="fold")
+    table.add_row("objective", *(escape(str(run.report.get("objective"))) for run in group.runs))
+    table.add_row("clean", *(format_accuracy(run.report.get("clean_accuracy")) for run in group.runs))
+    for attack in group.attacks:
+        table.add_row(
+            escape(f"robust after {attack}"), *(format_accuracy(run.attacks.get(attack)) for run in group.runs)
+        )
+    table.add_row(
+        "[bold]robust: worst case[/]",
+        *(f"[bold]{format_accuracy(run.worst)}{' ★' if run.best else ''}[/]" for run in group.runs),
+    )
+    table.add_row("balanced robust", *(format_accuracy(run.balanced_robust) for run in group.runs))
+    table.add_row(
+        "trustworthy",
+        *(
+            "[green]✓[/]" if run.trustworthy else f"[red]✗ {escape(', '.join(run.failed) or 'marked untrustworthy')}[/]"
+            for run in group.runs
+        ),
+    )
+    if group.classes:
+        table.add_row(
+            "weakest classes",
+            *(
+                escape("\n".join(f"{name} {format_accuracy(acc)}" for name, acc in group.lowest_classes(run, 3))) or "—"
+                for run in group.runs
+            ),
+        )
+    if len(group.runs) > 1:
+        table.caption = "[dim]★ best worst case among the trustworthy runs under this threat model[/]"
+        table.caption_justify = "left"
     return table
