@@ -31,11 +31,13 @@ def test_cascade_worst_case_and_per_attack_numbers(setup) -> None:
     ev = quick(model, data)
     report = ev.to_dict()
     ra = report["robust_accuracy"]
-    assert set(ra) == {"fgsm", "pgd", "pgd_margin", "worst_case"}
-    # cumulative: robust after FGSM ⊇ after PGD ⊇ after PGD-margin = the per-sample worst case
+    assert {"fgsm", "pgd", "pgd_margin", "eps_curve", "worst_case"} <= set(ra) <= {*ev.sources, "worst_case"}
+    assert ev.sources[:4] == ["fgsm", "pgd", "pgd_margin", "eps_curve"]
+    # cumulative: robust after FGSM ⊇ after PGD ⊇ after PGD-margin ⊇ after the ε-curve = the per-sample worst case
     assert torch.equal(ev.robust["pgd"], ev.robust["pgd"] & ev.robust["fgsm"])
     assert torch.equal(ev.robust["pgd_margin"], ev.robust["pgd_margin"] & ev.robust["pgd"])
-    assert torch.equal(ev.worst_case, ev.robust["pgd_margin"])
+    assert torch.equal(ev.robust["eps_curve"], ev.robust["eps_curve"] & ev.robust["pgd_margin"])
+    assert torch.equal(ev.worst_case, ev.robust[ev.sources[-1]])
     assert ra["worst_case"] <= ra["pgd"] <= ra["fgsm"] <= report["clean_accuracy"]
     rows = {row["name"]: row for row in report["attacks"]}
     # each attack ran only on the points still robust, and broke what the masks say
@@ -53,8 +55,15 @@ def test_eps_curve_is_monotone_and_consistent(setup) -> None:
     values = [curve[e] for e in sorted(curve)]
     assert values == sorted(values, reverse=True)
     assert curve[0.0] == pytest.approx(ev.clean_accuracy)
-    assert curve[0.1] <= ev.robust_accuracy
+    assert curve[0.1] == ev.robust_accuracy  # the curve passes through the headline
     assert curve[0.4] < 0.05
+
+
+def test_eps_curve_always_holds_the_evaluated_eps(setup) -> None:
+    model, data = setup
+    ev = quick(model, data, eps_curve=[0.0, 0.05, 0.2])
+    assert [p["eps"] for p in ev.eps_curve] == [0.0, 0.05, 0.1, 0.2]
+    assert ev.eps_curve[2]["robust_accuracy"] == ev.robust_accuracy
 
 
 def test_per_class_and_balanced(setup) -> None:
@@ -142,7 +151,8 @@ def test_evaluation_refuses_unscored_attacks(setup) -> None:
 def test_named_suites(setup) -> None:
     from sparring.attacks.cascade import suite
 
-    assert suite("fast").labels == ("apgd_ce",)
+    fast = suite("fast")  # a scale-invariant loss in every suite: CE alone is fooled by saturated logits
+    assert fast.labels == ("apgd_ce", "apgd_margin") and [a.loss for a in fast.attacks] == ["ce", "margin"]
     standard = suite("standard")
     assert standard.labels == ("apgd_ce", "apgd_t", "square")
     assert [a.steps for a in standard.attacks[:2]] == [100, 100] and standard.attacks[1].targets == 9
@@ -159,14 +169,17 @@ def test_fast_suite_through_evaluate(setup) -> None:
     model, data = setup
     ev = evaluate(model, data, LinfBall(eps=0.1), suite="fast", eps_curve=[])
     pgd = evaluate(model, data, LinfBall(eps=0.1), suite=[PGD(steps=10)], eps_curve=[])
-    assert ev.suite == "fast" and set(ev.robust) == {"apgd_ce"}
+    assert ev.suite == "fast" and ev.sources[:2] == ["apgd_ce", "apgd_margin"]
     assert ev.robust_accuracy <= pgd.robust_accuracy + 1e-9
-    # the fast suite has no black-box member: the check runs a short Square on the probe instead
+    # the fast suite has no black-box member: the check runs a short Square on the probe instead, and its
+    # breaks count in the worst case
     bb = check(ev, "black_box_not_stronger")
     assert bb["passed"] is not None and "square (1000 queries" in bb["detail"]
-    assert f"of {int(ev.worst_case.sum())} points (" in bb["detail"] and "survived apgd_ce" in bb["detail"]
-    if bb["passed"] is False:
-        assert "not in the number" in bb["detail"]
+    assert "survived apgd_ce, apgd_margin" in bb["detail"]
+    suite_left = int(ev.robust[ev.sources[-2] if "check_probes" in ev.sources else ev.sources[-1]][:120].sum())
+    assert f"of {suite_left} points that survived" in bb["detail"]
+    probe = {row["name"]: row["broken"] for row in ev.attacks}.get("check_probes", 0)
+    assert f"broke {probe} of" in bb["detail"]
 
 
 def test_black_box_beating_white_box_is_flagged_and_the_number_kept(setup) -> None:
@@ -217,3 +230,75 @@ def test_plus_suite_runs_and_is_at_least_as_strong_as_fast(setup) -> None:
     fast = evaluate(model, small, LinfBall(eps=0.1), suite="fast", eps_curve=[])
     assert [row["name"] for row in plus.attacks] == ["apgd_ce", "apgd_dlr", "apgd_t", "square"]
     assert plus.robust_accuracy <= fast.robust_accuracy
+
+
+# ----------------------------------------------------------------------------- every break counts
+class _Saturated(nn.Module):
+    """Logits × 1e4: softmax saturates in float32, so CE's input gradient vanishes and CE attacks are fooled."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * 1e4
+
+
+def test_every_break_counts_when_ce_attacks_are_fooled(setup) -> None:
+    """The headline is the lowest figure any attack of the evaluation found: here the ε-curve's margin attack."""
+    from sparring.attacks import APGD
+
+    model, data = setup
+    saturated = _Saturated(model)
+    threat = LinfBall(eps=0.1)
+    ev = evaluate(saturated, data, threat, suite=[PGD(steps=10)], eps_curve=[0.0, 0.05, 0.1, 0.2])
+    # each attack alone, on every point
+    alone = {
+        "pgd_ce": PGD(steps=10)(saturated, data.x, data.y, threat, generator=torch.Generator().manual_seed(0)),
+        "apgd_margin": APGD(loss="margin", steps=20)(saturated, data.x, data.y, threat,
+                                                      generator=torch.Generator().manual_seed(0)),
+    }
+    lowest = min(float((r.robust & ev.clean_correct).float().mean()) for r in alone.values())
+    ce_alone = float((alone["pgd_ce"].robust & ev.clean_correct).float().mean())
+    assert ce_alone > 0.5 > lowest  # CE is fooled; the margin attack is not
+    assert ev.robust_accuracy <= lowest + 1e-9
+    curve = {p["eps"]: p["robust_accuracy"] for p in ev.eps_curve}
+    assert curve[0.1] == ev.robust_accuracy
+    assert [curve[e] for e in sorted(curve)] == sorted(curve.values(), reverse=True)
+    rows = {row["name"]: row for row in ev.to_dict()["attacks"]}
+    assert rows["eps_curve"]["source"] == "eps_curve" and rows["eps_curve"]["broken"] > 0
+    assert ev.to_dict()["breaks_outside_suite"]["eps_curve"] == rows["eps_curve"]["broken"]
+    found = ev.found_by()
+    assert found.count("eps_curve") == rows["eps_curve"]["broken"]
+    assert all(f is not None for f, r in zip(found, ev.worst_case.tolist(), strict=True) if not r)
+    outside = check(ev, "breaks_outside_suite")
+    assert outside["passed"] is False and "too weak" in outside["detail"]
+    assert not ev.trustworthy
+    # the report's example grid shows the input that broke the point, wherever it was found
+    n = len(ev.examples["adv"])
+    with torch.no_grad():
+        fooled = saturated(ev.examples["adv"]).argmax(1) != ev.examples["labels"]
+    assert torch.equal(fooled, ~ev.worst_case[:n])
+
+
+def test_check_probe_breaks_count(setup) -> None:
+    """The black-box check's own Square (suite without a black-box attack) breaks points: they are counted."""
+    model, data = setup
+    masked = _Quantized(model)
+    ev = evaluate(masked, data, LinfBall(eps=0.1), suite=[PGD(steps=5)], eps_curve=[])
+    rows = {row["name"]: row for row in ev.to_dict()["attacks"]}
+    assert rows["check_probes"]["broken"] > 0
+    pgd_only = float(ev.robust["pgd"].float().mean())
+    assert ev.robust_accuracy == pytest.approx(pgd_only - rows["check_probes"]["broken"] / len(data))
+    assert check(ev, "black_box_not_stronger")["passed"] is False
+
+
+def test_a_rare_black_box_break_on_a_sound_model_passes_with_a_note() -> None:
+    from sparring.checks import black_box_not_stronger
+
+    rare = black_box_not_stronger(1, 249, "square", "apgd_ce, apgd_t", evaluated=451)  # the demo's PGD-AT model
+    assert rare["passed"] is True and "1 of 249" in rare["detail"] and "under 1%" in rare["detail"]
+    many = black_box_not_stronger(5, 249, "square", "apgd_ce, apgd_t", evaluated=451)
+    assert many["passed"] is False and "5 of 249" in many["detail"] and "1.1% of the 451" in many["detail"]
+    masked = black_box_not_stronger(1, 249, "square", "apgd_ce", evaluated=451, masking=["gradients_finite_nonzero"])
+    assert masked["passed"] is False and "gradients_finite_nonzero" in masked["detail"]

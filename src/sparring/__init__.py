@@ -2,6 +2,9 @@
 
     from sparring import LinfBall, PGD, PGDAT, Trainer, TrainConfig, build_model, evaluate, load_data
 
+    x_adv = sparring.attack(model, x, y, attack="pgd", eps=8/255, norm="linf")          # one-liners
+    acc = sparring.robust_accuracy(model, x, y, eps=8/255, norm="linf", suite="standard")
+
 The path of a batch: data → model → attack (threat model × optimizer × gradient source) → objective →
 trainer, and evaluation → report. See DESIGN.md in the repository for the architecture.
 """
@@ -25,6 +28,7 @@ from sparring.errors import ConfigError, DataError, SparringError, ThreatModelEr
 from sparring.evaluate import Evaluation, evaluate  # noqa: E402
 from sparring.models import build_model, with_normalization  # noqa: E402
 from sparring.objectives import PGDAT, TRADES, FastAT, Objective, Standard  # noqa: E402
+from sparring.shortcuts import attack, robust_accuracy  # noqa: E402
 from sparring.threat import L2Ball, LinfBall, ThreatModel  # noqa: E402
 from sparring.train import TrainConfig, Trainer  # noqa: E402
 
@@ -32,5 +36,6 @@ __all__ = [
     "APGD", "APGDTargeted", "Square", "Cascade", "suite", "FGSM", "FGSMRS", "PGD", "Attack", "AttackResult",
     "Dataset", "load_data", "long_tail", "ConfigError", "DataError", "SparringError", "ThreatModelError",
     "Evaluation", "evaluate", "build_model", "with_normalization", "PGDAT", "TRADES", "FastAT", "Objective",
-    "Standard", "L2Ball", "LinfBall", "ThreatModel", "Trainer", "TrainConfig", "__version__",
+    "Standard", "L2Ball", "LinfBall", "ThreatModel", "Trainer", "TrainConfig", "__version__", "attack",
+    "robust_accuracy",
 ]

@@ -8,9 +8,20 @@ sense of security") and AutoAttack's ``checks.py``; our own code.
 * ``gradients_finite_nonzero``: input gradients of the CE loss are finite and not all zero.
 * ``deterministic_model``: two forward passes agree (a randomized model needs EOT attacks).
 * ``outputs_not_probabilities``: the model returns logits, not softmax outputs fed to a CE loss.
-* ``black_box_not_stronger``: no point falls to a black-box attack after every white-box attack failed.
+* ``black_box_not_stronger``: a black-box attack breaks (almost) no point after every white-box attack failed:
+  breaks under 1 % of the points it could attack pass with a note on a model without other signs of masking;
+  any break fails when another check saw masked gradients, a randomized model or probabilities.
 * ``large_eps_breaks_model``: with a budget covering the whole input box an attack must reach ~0.
 * ``eps_zero_matches_clean``: robust accuracy at ε = 0 equals clean accuracy.
+* ``breaks_outside_suite``: the ε-curve's attack (at radii ≤ ε) and the checks' probes break (almost) no point
+  the suite left robust: under 1 % of the evaluated points passes. Their breaks are counted either way: the
+  check says the suite alone was too weak for this model.
+
+Why 1 %: two sound attacks are different random searches, and on an adversarially trained model either finds a
+rare point the other missed (the standard suite's Square broke 1 of 249 points the APGDs left on the demo's
+PGD-AT model). Gradient masking makes the black-box win systematic: the masked models of
+``benchmarks/eval_vs_reference.py`` lose 8–90 % of the white-box survivors to Square. The count is always
+in the detail and in the number.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ Check = dict[str, Any]
 
 ZERO_GRADIENT_LIMIT = 0.5  # more than half of the probe points with an all-zero gradient fails
 LARGE_EPS_LIMIT = 0.05  # robust accuracy an unbounded attack may leave
+EXTRA_BREAKS_LIMIT = 0.01  # share of the survivors another attack may break before the suite is called too weak
 
 
 def check(name: str, passed: bool | None, detail: str) -> Check:
@@ -69,22 +81,58 @@ def outputs_not_probabilities(model: nn.Module, x: Tensor) -> Check:
 
 
 def black_box_not_stronger(
-    broken_by_black_box: int, attacked: int, black_box: str, white_box: str, *, counted: bool = True
+    broken_by_black_box: int, attacked: int, black_box: str, white_box: str, *, evaluated: int | None = None,
+    counted: bool = True, masking: list[str] | tuple[str, ...] = (),
 ) -> Check:
-    """``broken_by_black_box`` of ``attacked`` points fell to the black-box attack(s) after the white-box ones failed.
+    """``broken_by_black_box`` of ``attacked`` points fell to the black-box attack(s) after the white-box ones failed,
+    out of ``evaluated`` points it could have run on (default ``attacked``).
 
-    Any such point fails the check: where a gradient-free search beats gradient attacks, the gradients
-    mislead them, and other points they left robust may be weak too. ``counted``: the black-box attack
-    is part of the suite (its breaks are in the number) rather than run by the check alone."""
+    Passes when none did, or when they are under :data:`EXTRA_BREAKS_LIMIT` of the evaluated points (the number
+    moves by under a point) on a model no other check suspects (``masking``: the names of the failed checks that
+    signal masked gradients or randomness), with a note. Fails otherwise: where a gradient-free search beats
+    gradient attacks systematically, the gradients mislead them and other points they left robust may be weak
+    too. ``counted``: the black-box attack's breaks are in the number."""
     if attacked == 0:
         return check("black_box_not_stronger", True, f"no point survived {white_box}; {black_box} had nothing to do")
-    share = broken_by_black_box / attacked
-    detail = f"{black_box} broke {broken_by_black_box} of {attacked} points ({share:.1%}) that survived {white_box}"
-    if broken_by_black_box:
-        detail += " — the white-box attacks missed them (gradient masking, or attacks too weak for this model); "
-        detail += ("their breaks are counted, other misses may not be" if counted else
-                   "they are not in the number: evaluate with a suite that has a black-box attack (standard)")
-    return check("black_box_not_stronger", broken_by_black_box == 0, detail)
+    evaluated = max(evaluated or attacked, attacked)
+    share = broken_by_black_box / evaluated
+    detail = (f"{black_box} broke {broken_by_black_box} of {attacked} points that survived {white_box} "
+              f"({share:.1%} of the {evaluated} it could attack)")
+    if not broken_by_black_box:
+        return check("black_box_not_stronger", True, detail)
+    note = "their breaks are counted" if counted else "they are not in the number"
+    if masking:
+        detail += f" while {', '.join(masking)} failed: the gradients mislead the white-box attacks; {note}"
+        return check("black_box_not_stronger", False, detail)
+    if share < EXTRA_BREAKS_LIMIT:
+        detail += f" — under {EXTRA_BREAKS_LIMIT:.0%}: two searches miss different rare points; {note}"
+        return check("black_box_not_stronger", True, detail)
+    detail += (f" — {EXTRA_BREAKS_LIMIT:.0%} or more: the white-box attacks are fooled (gradient masking, or too "
+               f"weak for this model); {note}, other misses may not be")
+    return check("black_box_not_stronger", False, detail)
+
+
+def breaks_outside_suite(found: dict[str, int], *, candidates: int, evaluated: int, suite: str) -> Check:
+    """Points the evaluation's other attacks (the ε-curve's at radii ≤ ε, the checks' probes) broke after the
+    suite's attacks failed on them: ``found`` maps each source to its count, ``candidates`` the suite's survivors,
+    ``evaluated`` all points.
+
+    They are counted in the worst case either way; the check fails when they are :data:`EXTRA_BREAKS_LIMIT` of the
+    evaluated points or more (the suite alone would be off by a point or more), since a stronger suite would likely
+    find more."""
+    total = sum(found.values())
+    if not found:
+        return check("breaks_outside_suite", None, "no attack ran outside the suite at radii <= eps")
+    if candidates == 0 or total == 0:
+        return check("breaks_outside_suite", True, f"no point the {suite} suite left robust fell to another attack")
+    share = total / max(evaluated, 1)
+    parts = ", ".join(f"{name} {count}" for name, count in found.items() if count)
+    detail = (f"{total} of the {candidates} points the {suite} suite left robust fell to other attacks at radii "
+              f"<= eps ({parts}; {share:.1%} of the {evaluated} points), counted in the worst case")
+    if share < EXTRA_BREAKS_LIMIT:
+        return check("breaks_outside_suite", True, detail + f" (under {EXTRA_BREAKS_LIMIT:.0%})")
+    return check("breaks_outside_suite", False,
+                 detail + "; the suite is too weak for this model: evaluate with a stronger one (standard, plus)")
 
 
 def large_eps_breaks_model(

@@ -1,4 +1,4 @@
-"""The ``sparring`` command line: demo, run, train, eval, attack, report.
+"""The ``sparring`` command line: demo, run, train, eval, attack, compare, report (and ``--version``).
 
 Bad input (a malformed config, a missing file, NaN data, a negative ε, labels out of range, an existing
 run folder) ends with one line on stderr naming the problem and exit status 2, never a traceback.
@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sparring.errors import SparringError
 
@@ -31,7 +32,14 @@ OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an e
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 EpsOption = Annotated[str, typer.Option("--eps", help="Radius of the threat model in input units: 0.03 or 8/255.")]
 NormOption = Annotated[str, typer.Option("--norm", help="linf or l2 (case-insensitive: Linf, L2).")]
-CheckpointOption = Annotated[Path | None, typer.Option("--checkpoint", help="Weights to load into the model.")]
+CheckpointOption = Annotated[Path | None, typer.Option(
+    "--checkpoint", help="Weights to load into the model: safetensors or a torch.save .pt/.pth/.bin/.ckpt state dict "
+    "(read without unpickling code; DataParallel, torch.compile and Lightning key prefixes are handled).")]
+MODEL_HELP = (
+    "A run folder (RUN or RUN/checkpoints), a registered model name (small_cnn, mlp, preact_resnet18, ...; shaped "
+    "by --data, weights from --checkpoint), MODULE:FACTORY or file.py:FACTORY returning the model, or a TorchScript "
+    "file (.pt, .ts). See docs/models.md."
+)
 
 
 def _notify(message: str) -> None:
@@ -103,10 +111,10 @@ def train(
 
 @app.command(name="eval")
 def eval_(
-    model: Annotated[str, typer.Option("--model", help="MODULE:FACTORY or file.py:FACTORY returning the model.")],
+    model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
     data: Annotated[str, typer.Option(
-        "--data", help="digits, cifar10, cifar100 (their test split) or a .npz file with x and y (evaluated whole; "
-        "x_test/y_test instead if present).")],
+        "--data", help="digits, cifar10, cifar100 (their test split), a .npz file with x and y (NCHW or NHWC, float "
+        "or uint8; evaluated whole, or its x_test/y_test) or an image folder (one sub-folder per class; its test/).")],
     eps: EpsOption,
     norm: NormOption = "linf",
     checkpoint: CheckpointOption = None,
@@ -144,6 +152,7 @@ def eval_(
     from sparring.errors import ConfigError
     from sparring.eval_state import is_main_process
     from sparring.experiment import evaluate_model
+    from sparring.models.fit import check_model_accepts
     from sparring.models.loading import load_model
 
     threat = _threat(norm, eps, no_bounds)
@@ -162,21 +171,24 @@ def eval_(
     cascade = [build(name.strip()) for name in attacks.split(",")] if attacks else suite
     folder = out or Path("runs") / f"eval-{Path(data).stem}-{threat.norm}-{float(threat.eps):g}"
     main = is_main_process()
-    with _progress_bar("evaluating", enabled=main and not quiet) as advance:
-        report = evaluate_model(
-            net, test, threat, folder, model_name=model, suite=cascade, eps_curve=radii, max_samples=max_samples,
-            batch_size=batch_size, seed=seed, precision=precision, overwrite=overwrite,
-            notify=_notify if main else None, progress=advance,
-        )
+    check_model_accepts(net, test)  # a wrong shape is the one line the user sees
+    if main and test.layout:
+        _notify(f"data: {test.layout}")
+    report = evaluate_model(
+        net, test, threat, folder, model_name=model, suite=cascade, eps_curve=radii, max_samples=max_samples,
+        batch_size=batch_size, seed=seed, precision=precision, overwrite=overwrite,
+        notify=_notify if main else None, progress=main and not quiet,
+    )
     if report is not None:
         _show(report, folder)
 
 
 @app.command()
 def attack(
-    model: Annotated[str, typer.Option("--model", help="MODULE:FACTORY or file.py:FACTORY returning the model.")],
+    model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
     data: Annotated[str, typer.Option(
-        "--data", help="digits, cifar10, cifar100 (their test split) or a .npz file with x and y (attacked whole).")],
+        "--data", help="digits, cifar10, cifar100 (their test split), a .npz file with x and y (NCHW or NHWC, float "
+        "or uint8) or an image folder (one sub-folder per class), attacked whole.")],
     eps: EpsOption,
     out: Annotated[Path, typer.Option("--out", help="The .npz file to write (x_adv, y, success, loss, meta).")],
     attack_name: Annotated[str, typer.Option("--attack", help="A registered attack (fgsm, pgd, apgd, ...).")] = "pgd",
@@ -204,6 +216,7 @@ def attack(
     from sparring.data import load_eval_data
     from sparring.errors import ConfigError
     from sparring.generate import generate
+    from sparring.models.fit import check_model_accepts
     from sparring.models.loading import load_model
 
     threat = _threat(norm, eps, no_bounds)
@@ -214,6 +227,9 @@ def attack(
     train, target = load_eval_data(data, root=data_root, seed=seed)  # a file is attacked whole
     net = load_model(model, checkpoint=checkpoint, data=target)
     net.to(_device(device)).eval()
+    check_model_accepts(net, target)  # a wrong shape is the one line the user sees
+    if target.layout:
+        _notify(f"data: {target.layout}")
     settings: dict[str, Any] = {}
     if gradients == "predicted":
         settings["gradients"] = _predicted(net, predictor, layer, train, out, seed)
@@ -301,6 +317,40 @@ def _progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int],
         yield advance
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from sparring import __version__
+
+        typer.echo(f"sparring {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Attack, adversarially train and evaluate PyTorch models."""
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders holding report.json.", show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Page to write; an existing file is replaced only if sparring compare wrote it."),
+    ] = Path("comparison.html"),
+) -> None:
+    """Compare runs: a table per threat model (norm, ε, box) here and an HTML page with their ε-curves."""
+    from sparring.report import compare_runs, comparison_table, write_comparison
+
+    page = write_comparison(run_dirs, out)
+    for group in compare_runs(run_dirs):
+        out_console.print(comparison_table(group))
+    out_console.print(f"comparison: {page}")
+
+
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding report.json.")]) -> None:
     """Re-render report.html from a run folder's report.json and print the summary."""
@@ -335,10 +385,11 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except SparringError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except FileNotFoundError as exc:
-        console.print(f"[bold red]error:[/bold red] file not found: {exc.filename}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/bold red] file not found: {escape(str(exc.filename))}", highlight=False,
+                      soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -347,7 +398,8 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # usage errors (typer bundles its own click, so match by shape, not class)
         if callable(getattr(exc, "format_message", None)) and hasattr(exc, "exit_code"):
-            console.print(f"[bold red]error:[/bold red] {exc.format_message()}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/bold red] {escape(exc.format_message())}", highlight=False,
+                          soft_wrap=True)
             sys.exit(2)
         raise
 

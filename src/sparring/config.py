@@ -16,6 +16,7 @@ Every error is a :class:`ConfigError` with a one-line message that names the off
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,7 +31,7 @@ from sparring.errors import ConfigError
 from sparring.models import settings_of
 from sparring.objectives import OBJECTIVES, Objective, threat_of
 from sparring.objectives.base import walk
-from sparring.threat import ThreatModel, make_threat
+from sparring.threat import ThreatModel, make_threat, parse_norm
 from sparring.train import TrainConfig
 
 if TYPE_CHECKING:
@@ -49,6 +50,16 @@ class ThreatSpec(_Strict):
     eps: float = Field(ge=0)
     bounds: tuple[float, float] | None = (0.0, 1.0)
     radius: float | None = Field(default=None, ge=0)
+
+    @field_validator("norm", mode="before")
+    @classmethod
+    def _norm_as_written(cls, value: Any) -> Any:
+        return parse_norm(value) if isinstance(value, str) else value
+
+    @field_validator("eps", "radius", mode="before")
+    @classmethod
+    def _fraction(cls, value: Any) -> Any:
+        return as_number(value)
 
     def build(self) -> ThreatModel:
         if self.norm == "points":
@@ -95,6 +106,11 @@ class EvalSpec(_Strict):
     eps_curve: list[float] | None = None
     batch_size: int = Field(default=256, ge=1)
     max_samples: int | None = Field(default=None, ge=1)
+
+    @field_validator("eps_curve", mode="before")
+    @classmethod
+    def _fractions(cls, value: Any) -> Any:
+        return [as_number(v) for v in value] if isinstance(value, list) else value
 
     @field_validator("eps_curve")
     @classmethod
@@ -228,7 +244,7 @@ def _first_error(exc: ValidationError) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "config"
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown field"
-    return f"{loc}: {err['msg']}"
+    return f"{loc}: {err['msg'].removeprefix('Value error, ')}"
 
 
 # --------------------------------------------------------------------------- components
@@ -278,11 +294,33 @@ def _convert(hint: Any, value: Any, *, where: str) -> Any:
             raise ConfigError(f"{where}.{_first_error(exc)}") from None
     if isinstance(hint, type) and not _is_plain(hint):
         raise ConfigError(f"{where}: this field cannot be set from a config")
+    if _takes_float(hint):  # a step size or radius written as 2/255
+        try:
+            value = as_number(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     try:
         return TypeAdapter(hint).validate_python(value, strict=False)
     except ValidationError as exc:
         message = exc.errors()[0]["msg"]
         raise ConfigError(f"{where}: {message} (got {value!r})") from None
+
+
+def as_number(value: Any) -> Any:
+    """A number written as a fraction (``8/255``: two numbers, nothing evaluated) as its float; anything else as is,
+    for the field's own validation to accept or refuse."""
+    if isinstance(value, str) and "/" in value:
+        numerator, _, denominator = value.partition("/")
+        try:
+            return float(numerator) / float(denominator)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"write a number like 0.03 or a fraction like 8/255, got {value!r}") from None
+    return value
+
+
+def _takes_float(hint: Any) -> bool:
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return hint is float or (union and float in typing.get_args(hint))
 
 
 def _is_plain(hint: type) -> bool:

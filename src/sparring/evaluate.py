@@ -4,9 +4,12 @@
 default ``standard``: APGD-CE → APGD-T → Square, AutoAttack's order and budgets): each attack only runs
 on the points still robust, and a point counts as robust only if every attack failed on it.
 
-The ε-curve reuses the cascade across radii: a point broken at ε is broken at every larger ε, so each
-radius only attacks the points still robust, and the points broken by the full suite at the evaluated ε
-count as broken at every radius above it. The curve is monotone and consistent with the headline.
+**Every break counts.** Any point broken at a radius ≤ ε by any attack the evaluation ran counts as broken in
+the headline worst case: the suite's attacks, the ε-curve's attack at the radii up to ε, and the attacks the
+checks run on their probe points. Each broken point is attributed to the first of these that broke it
+(``broken_by``; the report has a row per source). The ε-curve always includes ε; a point broken at ε is broken
+at every larger ε, so each radius only attacks the points still robust. The curve is monotone and passes
+through the headline at ε by construction.
 
 The points are split into fixed batches, each with its own generators seeded by ``(seed, batch)``, so an
 evaluation can be resumed from its state folder and sharded across processes with identical numbers
@@ -15,6 +18,7 @@ evaluation can be resumed from its state folder and sharded across processes wit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -28,7 +32,7 @@ from torch import Tensor, nn
 
 from sparring import checks as checks_
 from sparring.attacks import APGD, Attack, Square
-from sparring.attacks.base import PRECISIONS
+from sparring.attacks.base import PRECISIONS, row_mask
 from sparring.attacks.cascade import NOT_BROKEN, Cascade, as_cascade, check_attacks_fit
 from sparring.context import device_of, frozen_model
 from sparring.data import Dataset
@@ -43,6 +47,7 @@ from sparring.eval_state import (
     my_batches,
     world,
 )
+from sparring.progress import EvalBars, interactive
 from sparring.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 WRONG = -2  # broken_by code of a point the model misclassifies without attack
 CHECK_SQUARE_QUERIES = 1000  # budget of the black-box check when the suite has no black-box attack
 CHECK_STREAM = 10**9  # the checks' generator, apart from every batch's
+CURVE_SOURCE = "eps_curve"  # the label of breaks the ε-curve's attack found at radii ≤ ε that the suite missed
+PROBE_SOURCE = "check_probes"  # the label of breaks the checks' own attacks found at radius ≤ ε
 
 
 def default_curve_attack() -> Attack:
@@ -66,9 +73,10 @@ def default_eps_curve(eps: float, points: int = 9) -> list[float]:
 class Evaluation:
     """Per-sample outcomes and summaries; ``to_dict`` gives the report.json fields.
 
-    ``robust[label]`` is the robust mask after the cascade's attacks up to ``label`` (cumulative);
-    ``worst_case`` is the mask after all of them. ``broken_by`` is per point the index of the attack
-    that broke it, −1 if none did, −2 if the clean input is already misclassified.
+    ``robust[label]`` is the robust mask after the sources of breaks up to ``label`` (cumulative): the
+    suite's attacks in order, then ``eps_curve`` and ``check_probes`` (breaks at radii ≤ ε the suite missed);
+    ``worst_case`` is the mask after all of them. ``broken_by`` is per point the index of the source that
+    broke it (into :attr:`sources`), −1 if none did, −2 if the clean input is already misclassified.
     """
 
     threat: ThreatModel
@@ -83,6 +91,7 @@ class Evaluation:
     checks: list[dict[str, Any]]
     class_names: list[str]
     examples: dict[str, Tensor] = field(default_factory=dict)
+    data_name: str = "data"
     time_s: float = 0.0
     suite_time_s: float = 0.0
     curve_time_s: float = 0.0
@@ -98,6 +107,30 @@ class Evaluation:
     @property
     def trustworthy(self) -> bool:
         return all(c["passed"] is not False for c in self.checks)
+
+    @property
+    def sources(self) -> list[str]:
+        """The labels ``broken_by`` indexes: the suite's attacks, then ``eps_curve`` and ``check_probes``."""
+        return list(self.robust)
+
+    def found_by(self) -> list[str | None]:
+        """Per point, the label of the source that broke it; ``"clean"`` if misclassified unattacked, else None."""
+        names = self.sources
+        return ["clean" if b == WRONG else None if b < 0 else names[b] for b in self.broken_by.tolist()]
+
+    def save(self, folder: Path | str, *, run_name: str | None = None, model_name: str = "model") -> Path:
+        """Write ``report.json``, ``examples.npz`` and ``report.html`` into ``folder`` (created if needed; an
+        existing report there is replaced, nothing else is touched); returns the folder."""
+        from sparring.experiment import build_report, write_run_report
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {"name": self.data_name, "n_train": None, "n_eval": len(self.labels),
+                "num_classes": len(self.class_names), "class_names": list(self.class_names), "train_class_counts": None}
+        report = build_report(self, run_name=run_name or folder.name, objective=None, model={"name": model_name},
+                              data=data, training=None)
+        write_run_report(folder, report, self)
+        return folder
 
     def per_class(self) -> list[dict[str, Any]]:
         rows = []
@@ -130,6 +163,7 @@ class Evaluation:
             "per_class": per_class,
             "eps_curve": self.eps_curve,
             "attacks": self.attacks,
+            "breaks_outside_suite": {row["name"]: row["broken"] for row in self.attacks if row["source"] != "suite"},
             "checks": self.checks,
             "trustworthy": self.trustworthy,
             "timing": {"eval_s": self.time_s, "suite_s": self.suite_time_s, "eps_curve_s": self.curve_time_s},
@@ -185,7 +219,7 @@ def evaluate(
     state_dir: Path | str | None = None,
     fresh: bool = False,
     notify: Callable[[str], None] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: bool | Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """Evaluate ``model`` on ``data`` under ``threat``.
 
@@ -200,7 +234,12 @@ def evaluate(
         state_dir: write the evaluation's state there as it proceeds and resume from it (same arguments).
         fresh: discard an existing state in ``state_dir`` instead of resuming it.
         notify: called with a short message as each stage starts.
-        progress: called with ``(batches done, batches)`` after each batch of this process.
+        progress: ``None`` (default) draws a bar per suite attack and one for the ε-curve when a person is
+            watching (stderr is a terminal), ``True`` always, ``False`` never; a callable is called with
+            ``(batches done, batches)`` after each batch of this process instead.
+
+    Every break counts: a point any attack broke at a radius ≤ ε (the suite, the ε-curve up to ε, the checks'
+    probes) is broken in the worst case, attributed to the first source that broke it.
 
     Under ``torch.distributed`` (e.g. ``torchrun --nproc-per-node 2``) every rank evaluates its share
     of the batches and returns the same, complete :class:`Evaluation`.
@@ -240,34 +279,47 @@ def evaluate(
     mine = my_batches(n_batches)
     records: list[Record] = []
     notify(f"suite {cascade.name}: {', '.join(cascade.labels)} on {len(x)} points ({n_batches} batches)")
-    for done, b in enumerate(mine, 1):
-        record = state.load(b) if state is not None else None
-        if record is None:
-            rows = torch.arange(b * batch_size, min((b + 1) * batch_size, len(x)))
-            record = _evaluate_batch(
-                model, x[rows].to(device), y[rows].to(device), threat.subset(rows), cascade, radii, curve_attack,
-                seed=seed, batch=b, first=int(rows[0]), n_examples=n_examples, precision=precision,
-            )
-            if state is not None:
-                state.save(b, record)
-        records.append(record)
-        if progress is not None:
-            progress(done, len(mine))
+    show = progress if isinstance(progress, bool) else progress is None and interactive()
+    bars = EvalBars(cascade.labels, len(mine), curve=bool(radii)) if show and world()[0] == 0 else None
+    with bars if bars is not None else contextlib.nullcontext():
+        for done, b in enumerate(mine, 1):
+            record = state.load(b) if state is not None else None
+            if record is None:
+                rows = torch.arange(b * batch_size, min((b + 1) * batch_size, len(x)))
+                record = _evaluate_batch(
+                    model, x[rows].to(device), y[rows].to(device), threat.subset(rows), cascade, radii, curve_attack,
+                    seed=seed, batch=b, first=int(rows[0]), n_examples=n_examples, precision=precision, bars=bars,
+                )
+                if state is not None:
+                    state.save(b, record)
+            elif bars is not None:
+                bars.skip_batch()
+            records.append(record)
+            if callable(progress):
+                progress(done, len(mine))
     records = gather_records(records)
 
-    outcome = _assemble(records, len(x), cascade, radii, device=torch.device("cpu"))
+    outcome = _assemble(records, len(x), cascade, radii, float(threat.eps) if radii else None, curve_attack)
     notify("checks")
-    check_list = broadcast(
+    check_list, probe_broken = broadcast(
         _run_checks(model, x, y, threat, cascade, outcome, radii, curve_attack, batch_size, seed, device)
         if world()[0] == 0 else None
     )
+    if probe_broken:  # the checks' own attacks broke points at radius ≤ ε that every other attack missed
+        outcome = _assemble(records, len(x), cascade, radii, float(threat.eps) if radii else None, curve_attack,
+                            probe_broken=probe_broken)
+    check_list.append(checks_.breaks_outside_suite(
+        {row["name"]: row["broken"] for row in outcome["attacks"] if row["source"] != "suite"},
+        candidates=int(outcome["suite_robust"].sum()), evaluated=len(x), suite=cascade.name,
+    ))
     checks_.log_failures(check_list)
     return Evaluation(
         threat=threat, suite=cascade.name, labels=y.cpu(), clean_correct=outcome["clean_correct"],
         broken_by=outcome["broken_by"], robust=outcome["robust"], worst_case=outcome["worst_case"],
         attacks=outcome["attacks"], eps_curve=outcome["curve"], checks=check_list, class_names=class_names,
-        examples=_examples(model, x, y, records, n_examples, device),
-        time_s=time.perf_counter() - started, suite_time_s=sum(row["time_s"] for row in outcome["attacks"]),
+        examples=_examples(model, x, y, records, n_examples, device), data_name=_name(data),
+        time_s=time.perf_counter() - started,
+        suite_time_s=sum(row["time_s"] for row in outcome["attacks"] if row["source"] == "suite"),
         curve_time_s=sum(r["curve_time_s"] for r in records),
     )
 
@@ -276,6 +328,7 @@ def evaluate(
 def _evaluate_batch(
     model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, cascade: Cascade, radii: list[float],
     curve_attack: Attack, *, seed: int, batch: int, first: int, n_examples: int, precision: str,
+    bars: EvalBars | None = None,
 ) -> Record:
     """Clean prediction, the cascade, the ε-curve cascade: the JSON record of one batch."""
     with frozen_model(model), torch.no_grad():
@@ -284,12 +337,19 @@ def _evaluate_batch(
     result = cascade.run(
         model, x, y, threat, active=clean_correct, verify=verify,
         generator_for=lambda k: batch_generator(x.device, seed, batch, k),
+        progress=bars.step if bars is not None else None,
     )
     broken_by = torch.where(clean_correct, result.broken_by, torch.full_like(result.broken_by, WRONG))
     robust = broken_by == NOT_BROKEN
+    if bars is not None:
+        for k, attacked in enumerate(result.attacked):
+            bars.finish_batch(k, attacked=attacked, broken=int((broken_by == k).sum()))
     started = time.perf_counter()
-    curve_broken_at = _curve_batch(model, x, y, threat, radii, clean_correct, robust, curve_attack, seed, batch,
-                                   verify)
+    on_radius = None if bars is None else (lambda i: bars.step(bars.curve, i / len(radii)))
+    curve_broken_at, curve_adv = _curve_batch(model, x, y, threat, radii, clean_correct, robust, curve_attack,
+                                              seed, batch, verify, on_radius=on_radius)
+    if bars is not None and radii:
+        bars.finish_batch(bars.curve, attacked=0, broken=0)
     curve_time = time.perf_counter() - started
     keep = max(0, min(n_examples - first, len(x)))
     return {
@@ -301,22 +361,27 @@ def _evaluate_batch(
         "curve_time_s": curve_time,
         "queries": result.queries,
         "attacked": result.attacked,
-        "adv": result.x_adv[:keep].float().cpu().tolist(),
+        "adv": torch.where(row_mask(robust, x), curve_adv, result.x_adv)[:keep].float().cpu().tolist(),
     }
 
 
 def _curve_batch(
     model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, radii: list[float], clean_correct: Tensor,
     robust: Tensor, attack: Attack, seed: int, batch: int, verify: Callable[[Tensor, Tensor], Tensor] | None,
-) -> Tensor:
-    """(B,) index of the first radius at which the point is broken (``len(radii)``: never)."""
+    on_radius: Callable[[int], None] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(B,) index of the first radius at which the point is broken (``len(radii)``: never), and the inputs that
+    broke the points at radii ≤ ε (the clean input elsewhere)."""
     broken_at = torch.full_like(y, len(radii))
+    x_adv = x.detach().clone()
     if not radii:
-        return broken_at
+        return broken_at, x_adv
     eps_eval = float(threat.eps)
     still = clean_correct.clone()
     for i, radius in enumerate(radii):
-        if radius >= eps_eval - 1e-12:
+        if on_radius is not None:
+            on_radius(i)
+        if radius >= eps_eval:  # (the radii hold ε itself: see _radii)
             still &= robust  # broken by the full suite at ε ⇒ broken at every larger radius
         rows = still.nonzero().squeeze(1)
         if rows.numel():  # ε = 0 is attacked too: that is what the eps_zero check verifies
@@ -327,8 +392,10 @@ def _curve_batch(
             if verify is not None and bool(success.any()):
                 success = success & verify(result.x_adv, y[rows])
             still[rows] = ~success
+            if radius <= eps_eval:
+                x_adv[rows[success]] = result.x_adv[success].to(x_adv.dtype)
         broken_at[(broken_at == len(radii)) & ~still] = i
-    return broken_at
+    return broken_at, x_adv
 
 
 def _verifier(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
@@ -343,27 +410,58 @@ def _verifier(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
 
 # ----------------------------------------------------------------------------- assembling the records
 def _assemble(
-    records: list[Record], n: int, cascade: Cascade, radii: list[float], device: torch.device
+    records: list[Record], n: int, cascade: Cascade, radii: list[float], eps: float | None, curve_attack: Attack,
+    *, probe_broken: Sequence[int] = (),
 ) -> dict[str, Any]:
-    broken_by = torch.tensor([v for r in records for v in r["broken_by"]], dtype=torch.long, device=device)
-    broken_at = torch.tensor([v for r in records for v in r["curve_broken_at"]], dtype=torch.long, device=device)
+    """Per-point outcomes from the batch records, with every break at a radius ≤ ε counted.
+
+    ``broken_by`` indexes the sources: the cascade's attacks, then the ε-curve (breaks at radii ≤ ε the suite
+    missed), then the checks' probes (``probe_broken``: points their attacks broke at radius ≤ ε)."""
+    broken_by = torch.tensor([v for r in records for v in r["broken_by"]], dtype=torch.long)
+    broken_at = torch.tensor([v for r in records for v in r["curve_broken_at"]], dtype=torch.long)
     if len(broken_by) != n:
         raise DataError(f"the evaluation state covers {len(broken_by)} points, expected {n}")
     clean_correct = broken_by != WRONG
+    suite_robust = clean_correct & (broken_by == NOT_BROKEN)
+    n_suite = len(cascade.attacks)
+    at_eps = radii.index(eps) if eps is not None and eps in radii else None
+    curve_hit = suite_robust & (broken_at <= at_eps) if at_eps is not None else torch.zeros_like(suite_robust)
+    broken_by[curve_hit] = n_suite
+    probe_hit = torch.zeros_like(suite_robust)
+    probe_hit[torch.tensor(sorted(probe_broken), dtype=torch.long)] = True
+    probe_hit &= clean_correct & (broken_by == NOT_BROKEN)
+    broken_by[probe_hit] = n_suite + 1
+    if at_eps is not None:  # a point broken at ε is broken at every larger radius: the curve meets the headline
+        broken_at[probe_hit] = torch.clamp(broken_at[probe_hit], max=at_eps)
+
     robust: dict[str, Tensor] = {}
     rows: list[dict[str, Any]] = []
     for k, (label, attack) in enumerate(zip(cascade.labels, cascade.attacks, strict=True)):
         still = clean_correct & ((broken_by == NOT_BROKEN) | (broken_by > k))
         robust[label] = still
         rows.append({
-            "name": label, "settings": attack.describe(), "robust_accuracy": float(still.float().mean()),
-            "broken": int((broken_by == k).sum()), "attacked": sum(r["attacked"][k] for r in records),
-            "time_s": sum(r["time_s"][k] for r in records), "queries": max(r["queries"][k] for r in records),
-            "black_box": attack.black_box,
+            "name": label, "source": "suite", "settings": attack.describe(),
+            "robust_accuracy": float(still.float().mean()), "broken": int((broken_by == k).sum()),
+            "attacked": sum(r["attacked"][k] for r in records), "time_s": sum(r["time_s"][k] for r in records),
+            "queries": max(r["queries"][k] for r in records), "black_box": attack.black_box,
+        })
+    extra = []
+    if at_eps is not None:
+        extra.append((CURVE_SOURCE, n_suite, curve_attack.describe(),
+                      sum(r["curve_time_s"] for r in records), curve_attack.black_box))
+    if probe_broken:
+        extra.append((PROBE_SOURCE, n_suite + 1, {"name": "the checks' attacks on their probe points"}, 0.0, False))
+    for label, code, settings, seconds, black_box in extra:
+        still = clean_correct & ((broken_by == NOT_BROKEN) | (broken_by > code))
+        robust[label] = still
+        rows.append({
+            "name": label, "source": label, "settings": settings, "robust_accuracy": float(still.float().mean()),
+            "broken": int((broken_by == code).sum()), "attacked": int(suite_robust.sum()), "time_s": seconds,
+            "queries": None, "black_box": black_box,
         })
     curve = [{"eps": radius, "robust_accuracy": float((broken_at > i).float().mean())}
              for i, radius in enumerate(radii)]
-    return {"clean_correct": clean_correct, "broken_by": broken_by, "robust": robust,
+    return {"clean_correct": clean_correct, "broken_by": broken_by, "robust": robust, "suite_robust": suite_robust,
             "worst_case": clean_correct & (broken_by == NOT_BROKEN), "attacks": rows, "curve": curve}
 
 
@@ -384,8 +482,10 @@ def _examples(
 def _run_checks(
     model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, cascade: Cascade, outcome: dict[str, Any],
     radii: list[float], curve_attack: Attack, batch_size: int, seed: int, device: torch.device,
-) -> list[dict[str, Any]]:
-    """Every check of :mod:`sparring.checks`; the model-based ones on a probe batch (the first points)."""
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every check of :mod:`sparring.checks`; the model-based ones on a probe batch (the first points).
+
+    Returns the checks and the indices of the points their own attacks broke at a radius ≤ ε (they count)."""
     n = min(len(x), batch_size, 256)
     probe = torch.arange(n)
     px, py = x[:n].to(device), y[:n].to(device)
@@ -396,11 +496,11 @@ def _run_checks(
         checks_.deterministic_model(model, px),
         checks_.outputs_not_probabilities(model, px),
     ]
+    masking = [c["name"] for c in found if c["passed"] is False]
+    broken: list[int] = []
     if threat.steppable:
-        found += [
-            _black_box_check(model, px, py, probe_threat, cascade, outcome, generator),
-            checks_.large_eps_breaks_model(model, px, py, probe_threat, curve_attack, generator),
-        ]
+        black_box, broken = _black_box_check(model, px, py, probe_threat, cascade, outcome, generator, masking)
+        found += [black_box, checks_.large_eps_breaks_model(model, px, py, probe_threat, curve_attack, generator)]
     else:  # a point budget: Square does not apply, and dropping every point leaves a cloud that is still a class
         found += [
             checks_.check("black_box_not_stronger", None, f"no black-box attack applies to the {threat.norm} threat"),
@@ -412,16 +512,18 @@ def _run_checks(
         found.append(checks_.eps_zero_matches_clean(outcome["curve"][0]["robust_accuracy"], clean, "on all points"))
     else:
         result = curve_attack(model, px, py, probe_threat.with_eps(0.0), generator=generator)
-        at_zero = float((result.robust & outcome["clean_correct"][:n].to(device)).float().mean())
-        found.append(checks_.eps_zero_matches_clean(
-            at_zero, float(outcome["clean_correct"][:n].float().mean()), f"on the first {n} points"))
-    return found
+        correct = outcome["clean_correct"][:n].to(device)
+        at_zero = float((result.robust & correct).float().mean())
+        broken += (~result.robust & correct).nonzero().squeeze(1).tolist()  # ε = 0 ≤ ε: such a break counts too
+        found.append(checks_.eps_zero_matches_clean(at_zero, float(correct.float().mean()), f"on the first {n} points"))
+    return found, sorted(set(broken))
 
 
 def _black_box_check(
     model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, cascade: Cascade, outcome: dict[str, Any],
-    generator: torch.Generator,
-) -> dict[str, Any]:
+    generator: torch.Generator, masking: list[str],
+) -> tuple[dict[str, Any], list[int]]:
+    """The black-box check, and the probe points its own Square broke (when the suite has no black-box attack)."""
     white = [label for label, a in zip(cascade.labels, cascade.attacks, strict=True) if not a.black_box]
     black = [k for k, a in enumerate(cascade.attacks) if a.black_box]
     white_names = ", ".join(white) or "no white-box attack"
@@ -430,20 +532,22 @@ def _black_box_check(
         broken = int(sum((outcome["broken_by"] == k).sum() for k in black))
         attacked = outcome["attacks"][first]["attacked"]
         names = ", ".join(cascade.labels[k] for k in black)
-        return checks_.black_box_not_stronger(broken, attacked, names, white_names)
+        evaluated = len(outcome["broken_by"])
+        return checks_.black_box_not_stronger(broken, attacked, names, white_names, evaluated=evaluated,
+                                              masking=masking), []
     if black:
-        return checks_.check("black_box_not_stronger", None, "the suite has no white-box attack to compare with")
-    # No black-box attack in the suite: run a short Square on the probe points the suite left robust.
+        return checks_.check("black_box_not_stronger", None, "the suite has no white-box attack to compare with"), []
+    # No black-box attack in the suite: run a short Square on the probe points every other attack left robust.
     rows = outcome["worst_case"][: len(x)].nonzero().squeeze(1).to(x.device)
+    name = f"square ({CHECK_SQUARE_QUERIES} queries, first {len(x)} points)"
     if rows.numel() == 0:
-        return checks_.black_box_not_stronger(0, 0, f"square ({CHECK_SQUARE_QUERIES} queries)", white_names,
-                                              counted=False)
+        return checks_.black_box_not_stronger(0, 0, name, white_names, masking=masking), []
     square = Square(queries=CHECK_SQUARE_QUERIES)
     result = square(model, x[rows], y[rows], threat.subset(rows), generator=generator)
-    return checks_.black_box_not_stronger(
-        int(result.success.sum()) if result.success is not None else 0, int(rows.numel()),
-        f"square ({CHECK_SQUARE_QUERIES} queries, first {len(x)} points)", white_names, counted=False,
-    )
+    hit = rows[result.success] if result.success is not None else rows[:0]
+    check = checks_.black_box_not_stronger(int(hit.numel()), int(rows.numel()), name, white_names, evaluated=len(x),
+                                           masking=masking)
+    return check, hit.tolist()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -452,10 +556,15 @@ def _radii(threat: ThreatModel, eps_curve: Sequence[float] | None) -> list[float
         if eps_curve:
             raise ConfigError("an eps-curve needs a scalar eps; the threat model has a per-sample eps")
         return []
-    radii = list(eps_curve) if eps_curve is not None else default_eps_curve(float(threat.eps))
+    eps = float(threat.eps)
+    radii = list(eps_curve) if eps_curve is not None else default_eps_curve(eps)
     if any(r < 0 or r != r for r in radii):
         raise ConfigError(f"every eps of the curve must be >= 0, got {radii}")
-    return sorted(set(float(r) for r in radii))
+    if not radii:
+        return []
+    # The curve passes through the headline: ε is one of its radii (a radius within rounding of ε is ε).
+    snapped = {eps if abs(float(r) - eps) <= 1e-9 * max(eps, 1.0) else float(r) for r in radii}
+    return sorted(snapped | {eps})
 
 
 def _per_sample(threat: ThreatModel) -> bool:
@@ -468,6 +577,10 @@ def _eps_list(threat: ThreatModel) -> float | list[float]:
 
 def _with_precision(attack: Attack, precision: str) -> Attack:
     return dataclasses.replace(attack, precision=precision) if attack.precision != precision else attack
+
+
+def _name(data: Dataset | tuple[Tensor, Tensor]) -> str:
+    return data.name if isinstance(data, Dataset) else "data"
 
 
 def _unpack(data: Dataset | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, list[str]]:

@@ -26,13 +26,13 @@ from sparring import trackers
 from sparring.attacks import Attack
 from sparring.checkpoint import save_weights
 from sparring.config import RunConfig, load_config
-from sparring.context import device_of
 from sparring.data import Dataset, load_data, long_tail
-from sparring.errors import DataError, RunFolderError
+from sparring.errors import RunFolderError
 from sparring.eval_state import barrier, is_main_process
 from sparring.evaluate import Evaluation, evaluate, long_tail_summary
 from sparring.files import atomic_write_json, atomic_write_text
 from sparring.models import build_model, with_normalization
+from sparring.models.fit import check_model_accepts
 from sparring.objectives import Objective
 from sparring.report import write_comparison, write_html, write_json
 from sparring.threat import ThreatModel
@@ -129,7 +129,7 @@ def run_experiment(
         evaluation = evaluate(
             model, test_data, threat, suite=config.build_suite(), eps_curve=config.eval.eps_curve,
             batch_size=config.eval.batch_size, max_samples=config.eval.max_samples, seed=config.seed,
-            precision=config.eval.precision, state_dir=out / "eval_state", notify=notify,
+            precision=config.eval.precision, state_dir=out / "eval_state", notify=notify, progress=progress and main,
         )
         if not main:
             return None
@@ -216,7 +216,7 @@ def evaluate_model(
     precision: str = "fp32",
     overwrite: bool = False,
     notify: Notify | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: bool | Callable[[int, int], None] | None = None,
 ) -> dict[str, Any] | None:
     """``sparring eval``: evaluate a given model and write a run folder (no training section).
 
@@ -225,6 +225,7 @@ def evaluate_model(
     shard and rank 0 writes the folder (other ranks return None).
     """
     out = Path(out)
+    check_model_accepts(model, test_data)  # one line naming both shapes, before any folder is touched
     resuming = (out / "eval_state" / "manifest.json").is_file() and not overwrite
     if is_main_process():
         if resuming and notify is not None:
@@ -232,12 +233,6 @@ def evaluate_model(
         else:
             prepare_run_dir(out, overwrite=overwrite)
     barrier()
-    with torch.no_grad():
-        probe = model(test_data.x[:2].to(device_of(model)))
-    if probe.dim() != 2 or probe.shape[1] < test_data.num_classes:
-        raise DataError(
-            f"the model returns shape {tuple(probe.shape)} but the data has {test_data.num_classes} classes"
-        )
     evaluation = evaluate(
         model, test_data, threat, suite=suite, eps_curve=eps_curve, max_samples=max_samples,
         batch_size=batch_size, seed=seed, precision=precision, state_dir=out / "eval_state", notify=notify,
@@ -289,6 +284,7 @@ def _describe_data(train: Dataset | None, test: Dataset, evaluation: Evaluation)
         "num_classes": test.num_classes,
         "class_names": list(test.class_names),
         "train_class_counts": train.class_counts().tolist() if train is not None else None,
+        **({"layout": test.layout} if test.layout else {}),
     }
 
 

@@ -20,7 +20,6 @@ Every function is a no-op when no tracker is active (including on processes othe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sparring.errors import ConfigError
+from sparring.extras import EXTRAS, install_hint, installed
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ def check_trackers(names: str | Iterable[str] | None) -> list[str]:
         if name not in TRACKERS:
             raise ConfigError(f"unknown tracker {raw!r} in train.trackers; choose from {', '.join(TRACKERS)}")
         module, pip_name = _PACKAGES[name]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"{name} is not installed: pip install {pip_name}, or drop it from train.trackers")
+        if not installed(module):
+            hint = install_hint(module) if module in EXTRAS else f"pip install {pip_name}"
+            raise ConfigError(f"{name} is not installed; run {hint}, or drop it from train.trackers")
         if name not in checked:
             checked.append(name)
     return checked

@@ -44,6 +44,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from sparring import progress
 from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem, row_mask
 from sparring.errors import ConfigError
 from sparring.gradients import GradientSource
@@ -172,6 +173,7 @@ class APGDTargeted(APGD):
         loss_fn = dlr_targeted if problem.loss_fn is get_loss(self.loss) else problem.loss_fn
         best: _Outcome | None = None
         for k in range(n_targets):  # success stays "misclassified": the problem has no target
+            progress.report(k, n_targets)
             towards = Problem(x=x, y=y, threat=threat, loss_fn=loss_fn, loss_ref=torch.stack([y, ranked[:, k]], 1))
             best = _restarts(self, model, towards, generator, best)
         assert best is not None

@@ -6,7 +6,8 @@ fewer points is what makes a strong suite affordable.
 
 Named suites (``suite(name)``; ``sparring eval --suite NAME`` takes the same names):
 
-* ``fast``: APGD-CE (100 steps).
+* ``fast``: APGD-CE (100 steps) → APGD on the CW margin (100 steps). The margin's gradient does not vanish
+  when the logits saturate, which fools CE (AutoAttack's lesson: a scale-invariant loss in every suite).
 * ``standard``: AutoAttack's standard version without FAB-T: APGD-CE (100 steps, 1 restart) →
   APGD-T (targeted DLR, 9 target classes × 100 steps) → Square (5000 queries, p_init 0.8).
 * ``plus``: APGD-CE and APGD-DLR with 5 restarts each → APGD-T (9 targets) → Square (5000 queries).
@@ -17,6 +18,7 @@ Named suites (``suite(name)``; ``sparring eval --suite NAME`` takes the same nam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from sparring.attacks.apgd import APGD, APGDTargeted
 from sparring.attacks.base import Attack
 from sparring.attacks.square import Square
 from sparring.errors import ConfigError
+from sparring.progress import listening
 from sparring.threat import ThreatModel
 
 NOT_BROKEN = -1
@@ -100,6 +103,7 @@ class Cascade:
         active: Tensor | None = None,
         generator_for: Callable[[int], torch.Generator | None] = lambda k: None,
         verify: Callable[[Tensor, Tensor], Tensor] | None = None,
+        progress: Callable[[int, float], None] | None = None,
     ) -> CascadeResult:
         """Run the cascade on a batch.
 
@@ -108,6 +112,7 @@ class Cascade:
                 classified ones).
             generator_for: the random generator of attack ``k`` (one per attack keeps attacks independent).
             verify: ``(x_adv, y) -> (B,) bool`` confirming a break (evaluation re-checks bf16 attacks in fp32).
+            progress: called with ``(attack index, fraction of this batch done)`` as attacks report progress.
         """
         still = torch.ones_like(y, dtype=torch.bool) if active is None else active.clone()
         broken_by = torch.full_like(y, NOT_BROKEN)
@@ -121,7 +126,8 @@ class Cascade:
                 queries.append(0)
                 continue
             start = time.perf_counter()
-            result = attack(model, x[rows], y[rows], threat.subset(rows), generator=generator_for(k))
+            with listening(None if progress is None else functools.partial(_fraction, progress, k)):
+                result = attack(model, x[rows], y[rows], threat.subset(rows), generator=generator_for(k))
             success = result.success
             assert success is not None  # scored attacks only (checked in __post_init__)
             if verify is not None and bool(success.any()):
@@ -135,9 +141,13 @@ class Cascade:
         return CascadeResult(broken_by=broken_by, x_adv=x_adv, time_s=times, queries=queries, attacked=attacked)
 
 
+def _fraction(progress: Callable[[int, float], None], k: int, done: int, total: int) -> None:
+    progress(k, done / max(total, 1))
+
+
 # ----------------------------------------------------------------------------- named suites
 def _fast() -> Cascade:
-    return Cascade(attacks=(APGD(loss="ce"),), labels=("apgd_ce",), name="fast")
+    return Cascade(attacks=(APGD(loss="ce"), APGD(loss="margin")), labels=("apgd_ce", "apgd_margin"), name="fast")
 
 
 def _standard() -> Cascade:

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from sparring import progress
 from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem, success_of
 from sparring.errors import ConfigError, ThreatModelError
 
@@ -170,6 +171,7 @@ class Square(Attack):
             if active.pos.numel() == 0:
                 break
             if iteration % _CHUNK == 0:  # hash the next _CHUNK steps' random numbers of the active samples at once
+                progress.report(restart * self.queries + iteration, self.restarts * self.queries)
                 steps = torch.arange(iteration, min(iteration + _CHUNK, self.queries - 1), device=x4.device)
                 table = _hashed(active.seeds, stream + 1 + steps, width)  # (active, steps, width)
                 slots = torch.arange(active.pos.numel(), device=x4.device)  # each active sample's row of the table

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from sparring.extras import missing_extra
+
 _WHERE = {
     "AdversarialTrainer": "hf_trainer", "BehaviourDataset": "hf_trainer", "BehaviourItem": "hf_trainer",
     "ChatCollator": "hf_trainer", "PixelClassifier": "hf_trainer", "ThroughWrapper": "hf_trainer",
@@ -21,7 +23,14 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
+_WHAT = {"hf_trainer": "the Hugging Face Trainer adapter", "lightning": "the Lightning callbacks"}
+
+
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'sparring.integrations' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"sparring.integrations.{_WHERE[name]}"), name)
+    module = _WHERE[name]
+    try:
+        return getattr(importlib.import_module(f"sparring.integrations.{module}"), name)
+    except ModuleNotFoundError as exc:  # its package is an extra: one line naming the pip install
+        raise missing_extra(exc, what=_WHAT[module]) from None

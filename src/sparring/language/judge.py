@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from sparring.context import device_of, frozen_model
 from sparring.errors import ConfigError, DataError
+from sparring.extras import missing_extra
 
 #: Refusal markers: GCG's ``test_prefixes`` and HarmBench's refusal list, without the entries that also match
 #: ordinary answers under a case-insensitive substring test ("As an", "Hello!", "illegal", "unethical", "OpenAI").
@@ -111,7 +112,10 @@ class ClassifierJudge:
     def from_path(cls, path: str | Path, **settings: Any) -> ClassifierJudge:
         """Load the model and tokenizer saved with ``save_pretrained`` in the local folder ``path``
         (``local_files_only``: nothing is downloaded). Raises :class:`DataError` if it is missing or unloadable."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        try:
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        except ModuleNotFoundError as exc:
+            raise missing_extra(exc, what="ClassifierJudge") from None
 
         path = Path(path)
         if not path.is_dir():

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from sparring.errors import ConfigError
+from sparring.extras import missing_extra
 from sparring.language.data import Behaviour, Utility
 
 #: The chat template of :func:`word_tokenizer`: ``<s> <|user|> {prompt} <|assistant|> {response}``.
@@ -90,8 +91,11 @@ def topic_prompts(
 def word_tokenizer(words: Iterable[str], *, chat_template: str | None = CHAT_TEMPLATE) -> Any:
     """A Hugging Face fast tokenizer splitting on whitespace, over :data:`SPECIAL` + ``words`` (in that order,
     duplicates dropped), with pad ``[PAD]`` (id 0), BOS ``<s>``, EOS ``</s>`` and :data:`CHAT_TEMPLATE`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    try:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+    except ModuleNotFoundError as exc:
+        raise missing_extra(exc, what="word_tokenizer") from None
 
     vocab: dict[str, int] = {}
     for token in (*SPECIAL, *words):
