@@ -18,7 +18,7 @@ from torch import Tensor, nn
 import sparring
 from sparring import LinfBall, Trainer
 from sparring.checkpoint import load_weights, save_weights
-from sparring.config import load_config
+from sparring.config import RunConfig, load_config
 from sparring.experiment import demo_config_path
 from sparring.models import build_model
 
@@ -61,10 +61,12 @@ def minimal_pgd(
     return x_adv
 
 
-def train_demo_model(kind: str, train: Any, test: Any, eps: float, retrain: bool) -> tuple[nn.Module, dict]:
+def train_demo_model(
+    kind: str, train: Any, test: Any, eps: float, retrain: bool, *, config: RunConfig | None = None
+) -> tuple[nn.Module, dict]:
     """The demo's ``kind`` (``standard`` / ``pgd_at``) small CNN, trained as ``sparring demo`` trains it, or
-    loaded from the cache when it was trained with the same settings."""
-    config = load_config(demo_config_path(kind))
+    loaded from the cache when it was trained with the same settings (another ``config`` trains that instead)."""
+    config = config or load_config(demo_config_path(kind))
     objective = config.build_objective()
     train_cfg = config.build_train()
     train_cfg.progress = False

@@ -34,6 +34,7 @@ from sparring.report.schema import (
     is_number,
     is_trustworthy,
     load_report,
+    source_notes,
     worst_case,
 )
 
@@ -176,8 +177,10 @@ def _trust(report: Mapping[str, Any]) -> dict[str, Any]:
 
 def _headline(report: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = [{"label": "clean", "value": format_accuracy(report.get("clean_accuracy")), "kind": "clean"}]
+    notes = source_notes(report)
     rows += [
-        {"label": f"robust after {name}", "value": format_accuracy(acc), "kind": "attack"}
+        {"label": f"robust after {name}" + (f" ({notes[name]})" if notes.get(name, "cascade") != "cascade" else ""),
+         "value": format_accuracy(acc), "kind": "attack"}
         for name, acc in attack_accuracies(report).items()
     ]
     rows.append(

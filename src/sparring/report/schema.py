@@ -93,6 +93,27 @@ def attack_accuracies(report: Mapping[str, Any]) -> dict[str, Any]:
     return {name: acc for name, acc in report.get("robust_accuracy", {}).items() if name != "worst_case"}
 
 
+#: How a report names the sources of breaks outside the suite (``attacks[].source``).
+SOURCE_NOTES = {"eps_curve": "ε-curve attack at radii ≤ ε", "check_probes": "the checks' own attacks"}
+
+
+def source_notes(report: Mapping[str, Any]) -> dict[str, str]:
+    """Attack label → a short note on where its breaks come from: ``cascade`` for the suite's attacks, else what
+    found them outside the suite (with the count when it broke something)."""
+    notes: dict[str, str] = {}
+    for row in report.get("attacks") or []:
+        if not isinstance(row, dict) or "name" not in row:
+            continue
+        source = row.get("source", "suite")
+        if source == "suite":
+            notes[str(row["name"])] = "cascade"
+        else:
+            broken = row.get("broken")
+            count = f": {broken} more broken" if is_number(broken) and broken else ": none more"
+            notes[str(row["name"])] = SOURCE_NOTES.get(str(source), str(source)) + count
+    return notes
+
+
 def worst_case(report: Mapping[str, Any]) -> float | None:
     """The per-sample worst-case robust accuracy; the minimum over attacks if the report lacks it."""
     robust = report.get("robust_accuracy") or {}

@@ -15,6 +15,7 @@ from sparring.report.schema import (
     format_accuracy,
     format_threat,
     is_trustworthy,
+    source_notes,
     worst_case,
 )
 
@@ -35,8 +36,10 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     table.add_column("accuracy", justify="right", no_wrap=True)
     table.add_column("note", overflow="fold")
     table.add_row("clean", format_accuracy(report.get("clean_accuracy")), "")
+    notes = source_notes(report)
     for attack, acc in attack_accuracies(report).items():
-        table.add_row(escape(f"robust after {attack}"), format_accuracy(acc), "[dim]cascade[/]")
+        note = escape(notes.get(attack, ""))
+        table.add_row(escape(f"robust after {attack}"), format_accuracy(acc), f"[dim]{note}[/]")
     table.add_row(
         "[bold]robust: worst case[/]", f"[bold]{format_accuracy(worst_case(report))}[/]", "[dim]per sample[/]"
     )
