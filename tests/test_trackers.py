@@ -56,7 +56,7 @@ def test_check_trackers_rejects_unknown_and_missing() -> None:
     with pytest.raises(ConfigError, match="unknown tracker 'neptune'"):
         trackers.check_trackers(["neptune"])
     if importlib.util.find_spec("wandb") is None:
-        with pytest.raises(ConfigError, match="wandb is not installed: pip install wandb"):
+        with pytest.raises(ConfigError, match="wandb is not installed; run pip install wandb"):
             trackers.check_trackers(["tensorboard", "wandb"])
     with pytest.raises(ConfigError, match="run folder"):
         trackers.accelerator_kwargs(["tensorboard"], None)
