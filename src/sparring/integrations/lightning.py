@@ -310,7 +310,7 @@ class RobustEvaluation(pl.Callback):
         with torch.inference_mode(False), torch.enable_grad():
             result = evaluate(net, self._held, self.threat, suite=self.suite, eps_curve=self.eps_curve,
                               batch_size=self.batch_size, seed=self.seed, precision=self.precision,
-                              device=pl_module.device)
+                              device=pl_module.device, progress=False)  # Lightning draws its own bars
         self.last = result
         values = {"clean_accuracy": result.clean_accuracy, "robust_accuracy": result.robust_accuracy,
                   "trustworthy": float(result.trustworthy)}
