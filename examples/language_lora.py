@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--out", default="runs/language_lora")
+    parser.add_argument("--allow-pickle-weights", action="store_true",
+                        help="also read pytorch_model.bin (a pickle: it can run code) when --model has no safetensors")
     args = parser.parse_args(argv)
     if not args.demo and not (args.behaviours and args.utility):
         parser.error("--behaviours and --utility are needed (or --demo)")
@@ -91,11 +93,16 @@ def load_model(args: argparse.Namespace):  # noqa: ANN201 (transformers types)
     """(model, tokenizer) from a checkpoint folder, or random weights from a config folder."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from sparring.language.pretrained import check_safetensors, load_pretrained
+
     folder = model_folder(args)
+    allow_pickle = getattr(args, "allow_pickle_weights", False)
+    if args.model:
+        check_safetensors(folder, allow_pickle_weights=allow_pickle)  # safetensors only, unless allowed
     try:  # transformers says "not a model folder" with OSError or ValueError
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         if args.model:
-            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+            model = load_pretrained(AutoModelForCausalLM, folder, allow_pickle_weights=allow_pickle)
         else:
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
     except (OSError, ValueError) as error:

@@ -249,15 +249,17 @@ def test_run_again_without_overwrite_refuses_and_touches_nothing(cli, monkeypatc
     assert snapshot(cli["work"] / "run") == before  # every file: same bytes, same mtime
 
 
-def test_run_with_overwrite_replaces_the_folder(cli, monkeypatch, capsys, single_thread):
+def test_run_with_overwrite_replaces_sparrings_files_and_keeps_the_users(cli, monkeypatch, capsys, single_thread):
     work = cli["work"]
     shutil.copytree(work / "run", work / "run_overwrite")
-    (work / "run_overwrite" / "stale.txt").write_text("from the old run\n")
+    (work / "run_overwrite" / "notes.txt").write_text("the user's, not sparring's\n")
+    (work / "run_overwrite" / "report.json").write_text("from the old run\n")
     code, out, err = run_main(["run", "cfg.yaml", "--out", "run_overwrite", "--overwrite", "-q"], work, monkeypatch,
                               capsys)
     assert code == 0, err
     folder = work / "run_overwrite"
-    assert not (folder / "stale.txt").exists()
+    assert (folder / "notes.txt").read_text() == "the user's, not sparring's\n"  # only what sparring wrote goes
+    assert json.loads((folder / "report.json").read_text())["objective"] == "standard"
     for name in ("config.yaml", "metrics.jsonl", "report.json", "report.html", "checkpoints/model.safetensors"):
         assert (folder / name).is_file(), name
     assert "report.html" in out

@@ -94,9 +94,10 @@ def test_an_attack_may_be_a_bare_name():
     assert isinstance(config.build_objective().attack, FGSM)
 
 
-def test_empty_file_gives_defaults_then_needs_eval_threat(tmp_path):
-    # the default objective is standard, which has no threat model: eval.threat must be given
-    assert "eval.threat" in load_error(tmp_path, "")
+def test_empty_file_is_an_error(tmp_path):
+    # an empty file is more likely a mistake (a failed copy, the wrong file) than a wish for every default
+    assert "is empty" in load_error(tmp_path, "")
+    assert "eval.threat" in load_error(tmp_path, "seed: 0\n")  # defaults: standard has no threat model
 
 
 # --------------------------------------------------------------------------- errors naming the field

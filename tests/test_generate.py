@@ -117,6 +117,6 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_state(problem, tmp_path)
     model, x, y = problem
     (tmp_path / "adv.state").mkdir()
     (tmp_path / "adv.state" / "notes.txt").write_text("mine")
-    with pytest.raises(RunFolderError, match="not a sparring state folder"):
+    with pytest.raises(RunFolderError, match="was not created by sparring"):
         generate(model, (x, y), FGSM(), LinfBall(eps=0.1), tmp_path / "adv.npz", overwrite=True)
     assert (tmp_path / "adv.state" / "notes.txt").read_text() == "mine"

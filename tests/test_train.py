@@ -4,6 +4,7 @@ early stopping with best-weight restore, config validation and exact resume."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from sparring.attacks import PGD
 from sparring.checkpoint import CheckpointDir
-from sparring.errors import ConfigError, SparringError
+from sparring.errors import ConfigError, RunFolderError, SparringError
 from sparring.losses import cross_entropy
 from sparring.models import build_model
 from sparring.objectives import PGDAT, TRADES, Objective, ObjectiveOutput, Standard
@@ -397,10 +398,91 @@ def test_resume_reproduces_the_uninterrupted_run(digits, tiny_mlp, tmp_path, mon
     assert [r["epoch"] for r in result.history] == list(range(RESUME_EPOCHS))
 
 
-def test_resume_without_checkpoint_raises(digits, tiny_mlp, tmp_path):
-    _, trainer = _resume_trainer(digits, tiny_mlp, tmp_path)
-    with pytest.raises(SparringError, match="resume"):
-        trainer.fit(resume=True)
+@pytest.mark.parametrize("killed", ["before_the_first_epoch", "before_the_first_checkpoint"])
+def test_resume_before_the_first_checkpoint_starts_from_epoch_0(
+    digits, tiny_mlp, tmp_path, monkeypatch, caplog, uninterrupted, killed
+):
+    reference_state, reference_metrics = uninterrupted
+    if killed == "before_the_first_checkpoint":  # epoch 0's metrics line is written, its checkpoint is not
+        with monkeypatch.context() as patch:
+            def save(self: CheckpointDir, **kwargs: Any) -> Path:
+                raise Killed
+
+            patch.setattr(CheckpointDir, "save", save)
+            _, first = _resume_trainer(digits, tiny_mlp, tmp_path)
+            with pytest.raises(Killed):
+                first.fit()
+        assert [r["epoch"] for r in read_metrics(tmp_path)] == [0]
+    model, second = _resume_trainer(digits, tiny_mlp, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="sparring.train"):
+        result = second.fit(resume=True)
+    assert "training starts from epoch 0" in caplog.text
+    assert_same_state(model.state_dict(), reference_state)
+    assert _without_time(read_metrics(tmp_path)) == _without_time(reference_metrics)  # epoch 0 once, not twice
+    assert [r["epoch"] for r in result.history] == list(range(RESUME_EPOCHS))
+
+
+def _kill_after_two_epochs(digits, tiny_mlp, out: Path, monkeypatch) -> None:
+    calls = {"n": 0}
+    real_epoch = Trainer._train_epoch
+
+    def train_epoch(self: Trainer, epoch: int, tick: Any) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Killed
+        return real_epoch(self, epoch, tick)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_train_epoch", train_epoch)
+        _, first = _resume_trainer(digits, tiny_mlp, out)
+        with pytest.raises(Killed):
+            first.fit()
+
+
+@pytest.mark.parametrize("damage", ["latest_not_json", "latest_truncated", "latest_names_a_missing_folder",
+                                    "latest_folder_truncated", "everything"])
+def test_resume_past_a_damaged_checkpoint_reproduces_the_uninterrupted_run(
+    digits, tiny_mlp, tmp_path, monkeypatch, caplog, uninterrupted, damage
+):
+    """A damaged pointer or epoch folder is not trusted: the newest complete epoch folder (or epoch 0) is used,
+    with a warning, and since all randomness derives from (seed, epoch) the run still ends where it would have."""
+    reference_state, reference_metrics = uninterrupted
+    _kill_after_two_epochs(digits, tiny_mlp, tmp_path, monkeypatch)
+    root = tmp_path / "checkpoints"
+    pointer = root / "latest.json"
+    if damage == "latest_not_json":
+        pointer.write_text("{{{ not json")
+    elif damage == "latest_truncated":
+        pointer.write_text(pointer.read_text()[:9])
+    elif damage == "latest_names_a_missing_folder":
+        pointer.write_text(json.dumps({"checkpoint": "epoch-0042", "epoch": 42}))
+    elif damage == "latest_folder_truncated":
+        weights = root / "epoch-0001" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-10])
+    else:  # every epoch folder damaged: nothing complete is left, training restarts from epoch 0
+        for folder in root.glob("epoch-*"):
+            (folder / "optimizer.safetensors").write_bytes(b"")
+    model, second = _resume_trainer(digits, tiny_mlp, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        second.fit(resume=True)
+    assert str(pointer) in caplog.text
+    assert_same_state(model.state_dict(), reference_state)
+    assert _without_time(read_metrics(tmp_path)) == _without_time(reference_metrics)
+
+
+def test_resume_from_a_checkpoint_with_a_damaged_optimizer_part_is_one_line(digits, tiny_mlp, tmp_path, monkeypatch):
+    _kill_after_two_epochs(digits, tiny_mlp, tmp_path, monkeypatch)
+    meta_file = tmp_path / "checkpoints" / "epoch-0001" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["optimizer"]["param_groups"] = "lost"  # valid JSON, valid safetensors beside it: only loading can tell
+    meta_file.write_text(json.dumps(meta))
+    model, second = _resume_trainer(digits, tiny_mlp, tmp_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RunFolderError) as error:
+        second.fit(resume=True)
+    message = str(error.value)
+    assert "\n" not in message and "epoch-0001" in message and "--overwrite" in message
+    assert_same_state(model.state_dict(), before)  # nothing half-restored
 
 
 def test_resume_without_out_dir_raises(digits, tiny_mlp):

@@ -6,6 +6,13 @@ written under a temporary name and renamed into place, then ``latest.json`` (and
 replaced atomically to point at it; a run killed at any moment therefore leaves the previous complete
 checkpoint in charge, never a half-written one. No pickle anywhere.
 
+Everything read back is checked first. A pointer that is missing, corrupted (not JSON, no ``epoch-NNNN`` name)
+or names a folder that is missing or damaged is not trusted: :meth:`CheckpointDir.latest` falls back to the
+newest complete epoch folder with a warning (all randomness derives from ``(seed, epoch)``, so resuming from
+an older epoch reproduces the same run, only later), and to None (train from epoch 0) when none is left. A
+damaged file inside the folder being loaded (``meta.json``, ``model.safetensors``, ``optimizer.safetensors``)
+is refused in one :class:`~sparring.errors.RunFolderError` line naming the file and what to do.
+
 :func:`load_weights` reads the weights users already have: safetensors, and ``torch.save`` files read with
 ``torch.load(weights_only=True)`` only (a file that needs a full unpickle is refused), with the key prefixes
 that DataParallel, torch.compile, Lightning and :func:`~sparring.models.with_normalization` add.
@@ -30,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from sparring.errors import SparringError
+from sparring.errors import RunFolderError, SparringError
 from sparring.files import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -57,7 +64,11 @@ def load_weights(model: nn.Module, path: Path | str) -> None:
     then unchanged.
     """
     path = Path(path)
-    state = read_state_dict(path)
+    _load_state(model, read_state_dict(path), path)
+
+
+def _load_state(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """Load ``state`` (read from ``path``) into ``model``, all or nothing: :func:`load_weights` after reading."""
     expected = model.state_dict()
     matched = match_state_dict(expected, state, source=f"checkpoint {path}")
     if matched.dropped_normalization is not None:
@@ -438,21 +449,79 @@ class CheckpointDir:
         self._prune()
         return final
 
-    def _pointer(self, which: str) -> Path | None:
+    def _pointer(self, which: str) -> tuple[Path | None, str | None]:
+        """(the complete folder ``which.json`` names, None) or (None, what is wrong); (None, None) with no pointer."""
         pointer = self.root / f"{which}.json"
-        if not pointer.is_file():
+        if not pointer.exists():
+            return None, None
+        try:
+            data = json.loads(pointer.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return None, "corrupted (not JSON)"
+        except (OSError, UnicodeDecodeError) as exc:
+            return None, f"unreadable ({_one_line(exc)})"
+        name = data.get("checkpoint") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not _EPOCH_FOLDER.fullmatch(name):
+            return None, "corrupted (no epoch-NNNN folder under 'checkpoint')"
+        problem = _folder_problem(self.root / name)
+        return (None, f"pointing at {name}, which {problem}") if problem else (self.root / name, None)
+
+    def _newest_complete(self) -> Path | None:
+        """The complete epoch folder of the highest epoch, if any."""
+        if not self.root.is_dir():
             return None
-        target = self.root / json.loads(pointer.read_text())["checkpoint"]
-        return target if (target / "meta.json").is_file() else None
+        folders = [p for p in self.root.iterdir() if _EPOCH_FOLDER.fullmatch(p.name) and p.is_dir()]
+        for folder in sorted(folders, key=lambda p: int(p.name.removeprefix("epoch-")), reverse=True):
+            if _folder_problem(folder) is None:
+                return folder
+        return None
 
     def latest(self) -> Path | None:
-        return self._pointer("latest")
+        """The checkpoint to resume from: the folder ``latest.json`` names when it is complete; otherwise (no
+        pointer, a corrupted one, or one naming a missing or damaged folder) the newest complete epoch folder,
+        with a warning when the pointer was there; None when no complete epoch folder exists."""
+        folder, problem = self._pointer("latest")
+        if folder is not None:
+            return folder
+        fallback = self._newest_complete()
+        if problem is not None:
+            pointer = self.root / "latest.json"
+            if fallback is not None:
+                log.warning("the checkpoint pointer %s is %s: using the newest complete epoch folder %s instead",
+                            pointer, problem, fallback)
+            else:
+                log.warning("the checkpoint pointer %s is %s, and no complete epoch folder remains", pointer, problem)
+        return fallback
 
     def best(self) -> Path | None:
-        return self._pointer("best")
+        """The folder ``best.json`` names when it is complete; if that pointer is corrupted or names a missing or
+        damaged folder, the best epoch the latest checkpoint's ``meta.json`` records (``best_epoch``), with a
+        warning; None when there is no pointer or no usable best folder."""
+        return self._best()[0]
+
+    def _best(self) -> tuple[Path | None, bool]:
+        """(the best folder, whether ``best.json`` exists but no best folder could be found)."""
+        folder, problem = self._pointer("best")
+        if folder is not None or problem is None:
+            return folder, False
+        pointer = self.root / "best.json"
+        latest = self.latest()
+        if latest is not None:
+            epoch = _read_meta(latest / "meta.json").get("best_epoch")
+            candidate = self.root / f"epoch-{epoch:04d}" if isinstance(epoch, int) and epoch >= 0 else None
+            if candidate is not None and _folder_problem(candidate) is None:
+                log.warning("the checkpoint pointer %s is %s: using %s, the best epoch %s records", pointer, problem,
+                            candidate, latest / "meta.json")
+                return candidate, False
+        log.warning("the checkpoint pointer %s is %s, and the best epoch folder cannot be found", pointer, problem)
+        return None, True
 
     def _prune(self) -> None:
-        keep = {p.name for p in (self.latest(), self.best()) if p is not None}
+        best, lost = self._best()
+        if lost:  # best.json is damaged and the best folder unknown: delete nothing that might be it
+            log.warning("keeping every epoch folder in %s until best.json is rewritten", self.root)
+            return
+        keep = {p.name for p in (self.latest(), best) if p is not None}
         for child in self.root.iterdir():
             if child.is_dir() and (child.name.startswith("epoch-") or child.name.startswith(".epoch-")):
                 if child.name not in keep:
@@ -460,10 +529,127 @@ class CheckpointDir:
 
     @staticmethod
     def load(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-        """Restore ``model`` (and ``optimizer``) from a checkpoint folder; returns its metadata."""
-        meta = json.loads((path / "meta.json").read_text())
-        load_weights(model, path / "model.safetensors")
+        """Restore ``model`` (and ``optimizer``) from a checkpoint folder; returns its metadata.
+
+        Every file is checked before anything is changed: a damaged ``meta.json``, ``model.safetensors`` or
+        ``optimizer.safetensors`` raises one :class:`~sparring.errors.RunFolderError` line naming the file, and
+        the model and optimizer are then unchanged.
+        """
+        path = Path(path)
+        meta_file = path / "meta.json"
+        meta = _read_meta(meta_file, strict=True)
+        model_file = path / "model.safetensors"
+        state = _read_checkpoint_tensors(model_file)
+        joined = None
         if optimizer is not None:
-            tensors = load_file(str(path / "optimizer.safetensors"))
-            optimizer.load_state_dict(_join_optimizer(tensors, meta["optimizer"]))
+            opt_file = path / "optimizer.safetensors"
+            tensors = _read_checkpoint_tensors(opt_file)
+            try:
+                joined = _join_optimizer(tensors, meta["optimizer"])
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                raise RunFolderError(
+                    f"the optimizer state in {meta_file} and {opt_file} is damaged ({_one_line(exc)}); "
+                    f"{_damaged_advice(path)}"
+                ) from None
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()} if joined is not None else None
+        _load_state(model, state, model_file)
+        if optimizer is not None and joined is not None:
+            try:
+                optimizer.load_state_dict(joined)
+            except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+                assert before is not None
+                model.load_state_dict(before)
+                raise RunFolderError(
+                    f"cannot restore the optimizer from {path / 'optimizer.safetensors'} and {meta_file} "
+                    f"({_one_line(exc)}): they are damaged or were written for another optimizer or model; resume "
+                    f"with the config the run was started with, delete the folder {path} to resume from an older "
+                    "checkpoint, or start afresh with --overwrite"
+                ) from None
         return meta
+
+
+# --------------------------------------------------------------------------- checking what was written
+_EPOCH_FOLDER = re.compile(r"epoch-\d{4,}")
+_CHECKPOINT_FILES = ("meta.json", "model.safetensors", "optimizer.safetensors")
+
+
+def _damaged_advice(folder: Path) -> str:
+    return (
+        f"delete the folder {folder} to resume from the newest complete epoch folder left (or from epoch 0), "
+        "or start afresh with --overwrite"
+    )
+
+
+def _read_meta(file: Path, *, strict: bool = False) -> dict[str, Any]:
+    """``meta.json`` as a dict with an int ``epoch``; ``{}`` when it is not (or raise, if ``strict``)."""
+    problem: str | None = None
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problem, meta = "is missing", None
+    except json.JSONDecodeError:
+        problem, meta = "is corrupted (not JSON)", None
+    except (OSError, UnicodeDecodeError) as exc:
+        problem, meta = f"is unreadable ({_one_line(exc)})", None
+    if problem is None:
+        epoch = meta.get("epoch") if isinstance(meta, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            problem = "is corrupted (no integer 'epoch')"
+        elif not isinstance(meta.get("optimizer", {}), dict):
+            problem = "is corrupted ('optimizer' is not an object)"
+    if problem is None:
+        return meta  # type: ignore[no-any-return]
+    if strict:
+        raise RunFolderError(f"the checkpoint metadata {file} {problem}; {_damaged_advice(file.parent)}")
+    return {}
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """What is wrong with a safetensors file's framing (header, length), without reading the tensors; None if fine."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return "is truncated"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return "is truncated"
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        return "is missing"
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return f"is corrupted ({_one_line(exc)})"
+    if not isinstance(header, dict):
+        return "is corrupted (its header is not a JSON object)"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return "is corrupted (its header lacks data offsets)"
+    if size != 8 + n + end:
+        return "is truncated" if size < 8 + n + end else "is corrupted (longer than its header says)"
+    return None
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """What makes an epoch folder unusable ("is missing", "has a truncated model.safetensors" ...); None if complete."""
+    if not folder.is_dir():
+        return "is missing"
+    if not _read_meta(folder / "meta.json"):
+        return "has no readable meta.json"
+    for name in _CHECKPOINT_FILES[1:]:
+        problem = _safetensors_problem(folder / name)
+        if problem is not None:
+            return f"has a {name} that {problem}"
+    return None
+
+
+def _read_checkpoint_tensors(file: Path) -> dict[str, Tensor]:
+    """The tensors of a checkpoint's safetensors file, or one :class:`RunFolderError` line naming it."""
+    problem = _safetensors_problem(file)
+    if problem is None:
+        try:
+            return load_file(str(file))
+        except Exception as exc:  # safetensors raises several types for corrupt files
+            problem = f"is corrupted ({_one_line(exc)})"
+    raise RunFolderError(f"the checkpoint file {file} {problem}; {_damaged_advice(file.parent)}")

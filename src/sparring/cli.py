@@ -7,7 +7,9 @@ run folder) ends with one line on stderr naming the problem and exit status 2, n
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,7 +30,8 @@ console = Console(stderr=True)
 out_console = Console()
 
 OutOption = Annotated[Path | None, typer.Option("--out", help="Run folder to write (default: runs/<name>).")]
-OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")]
+OverwriteOption = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace what sparring wrote in an existing run folder (it keeps files it did not write).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 EpsOption = Annotated[str, typer.Option("--eps", help="Radius of the threat model in input units: 0.03 or 8/255.")]
 NormOption = Annotated[str, typer.Option("--norm", help="linf or l2 (case-insensitive: Linf, L2).")]
@@ -80,12 +83,26 @@ def _run_config(config: Path, out: Path | None, **kwargs: Any) -> tuple[dict[str
     from sparring.recsys.experiment import RecRunConfig, run_recsys
 
     cfg = load_any_config(config)
-    folder = out or Path("runs") / (cfg.name or config.stem)
+    folder = out or _default_run_folder(config, cfg.name)
     if isinstance(cfg, RecRunConfig):
         if kwargs.pop("resume", False):
             raise ConfigError("--resume is not supported for recommender (task: recsys) runs; run it again")
         return run_recsys(cfg, folder, notify=_notify, **kwargs), folder
     return run_experiment(cfg, folder, notify=_notify, **kwargs), folder
+
+
+def _default_run_folder(config: Path, name: str | None) -> Path:
+    """``runs/<name>``, the name from the config (checked when it was read) or the config file's stem."""
+    from sparring.config import RUN_NAME_RULE, is_run_name
+    from sparring.errors import ConfigError
+
+    stem = name or config.stem
+    if not is_run_name(stem):
+        raise ConfigError(
+            f"{config}: the default run folder runs/<name> takes its name from the file name, and {stem!r} "
+            f"{RUN_NAME_RULE.replace('must be', 'is not')}; set name: in the config or pass --out"
+        )
+    return Path("runs") / stem
 
 
 @app.command()
@@ -253,10 +270,17 @@ def _predicted(net: Any, saved: Path | None, layer: str | None, train: Any, out:
         return Predicted(GradientPredictor.load(saved))
     if train is None:
         raise ConfigError("--layer calibrates on a training split; an .npz is attacked whole: pass --predictor")
+    path = out.with_suffix(".predictor.safetensors")
+    if path.exists():  # only a predictor sparring saved is replaced (a user's file of that name never is)
+        try:
+            GradientPredictor.load(path)
+        except SparringError:
+            raise ConfigError(f"{path} exists and is not a gradient predictor sparring saved; move it or choose "
+                              "another --out") from None
     predictor = GradientPredictor(layer=str(layer))
     n = min(len(train), 1000)
     report = predictor.calibrate(net, train.x[:n], train.y[:n], seed=seed)
-    predictor.save(out.with_suffix(".predictor.safetensors"))
+    predictor.save(path)
     console.print(f"[dim]·[/dim] predictor on layer {layer}: held-out cosine {report['holdout_cosine']:.3f} "
                   f"({n} calibration points, disjoint from the attacked split)")
     return Predicted(predictor)
@@ -379,29 +403,96 @@ def load_factory(spec: str) -> Any:
 
 
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    """Entry point: run the app behind one error boundary (see :func:`_fail`)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", module="accelerate")
     try:
-        app(standalone_mode=False)
-    except SparringError as exc:
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except FileNotFoundError as exc:
-        console.print(f"[bold red]error:[/bold red] file not found: {escape(str(exc.filename))}", highlight=False,
-                      soft_wrap=True)
-        sys.exit(2)
+        code = app(standalone_mode=False)  # a command returns None; typer returns an Exit's code (130: Ctrl-C)
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            if code == 130:
+                console.print("interrupted", highlight=False)
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # usage errors (typer bundles its own click, so match by shape, not class)
-        if callable(getattr(exc, "format_message", None)) and hasattr(exc, "exit_code"):
-            console.print(f"[bold red]error:[/bold red] {escape(exc.format_message())}", highlight=False,
-                          soft_wrap=True)
-            sys.exit(2)
+    except SystemExit:
         raise
+    except BaseException as exc:  # the one boundary: every failure leaves through _fail
+        sys.exit(_fail(exc))
+
+
+def _fail(exc: BaseException) -> int:
+    """Say what went wrong and return the exit status: the one error boundary of every command.
+
+    A user-caused failure is one ``error: ...`` line and status 2: a :class:`SparringError` (their config, data,
+    model or factory code), an ``OSError`` (their disk: the path, the reason, what to do), out of memory, a usage
+    error. Ctrl-C is ``interrupted`` and status 130. Anything else is a bug in sparring: the traceback, then a
+    one-line request to report it, and status 1.
+    """
+    if isinstance(exc, typer.Abort | KeyboardInterrupt):
+        cause = exc.__cause__ or exc.__context__  # click turns Ctrl-C (and EOFError) into Abort
+        if isinstance(exc, typer.Abort) and cause is not None and not isinstance(cause, KeyboardInterrupt):
+            return _fail(cause)
+        console.print("interrupted", highlight=False)
+        return 130
+    message = _user_error(exc)
+    if message is not None:
+        console.print(f"[bold red]error:[/bold red] {escape(_one_line(message))}", highlight=False, soft_wrap=True)
+        return 2
+    import traceback
+
+    from sparring import __version__
+
+    traceback.print_exception(exc, file=sys.stderr)
+    console.print(
+        f"[bold red]error:[/bold red] this is a bug in sparring {__version__}; please report it with the command "
+        "you ran and the traceback above", highlight=False, soft_wrap=True,
+    )
+    return 1
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The line to show for a failure the user caused and can fix; None for a bug in sparring."""
+    if isinstance(exc, SparringError):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, OSError):
+        return _disk_error(exc)
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError
+        return ("out of memory: lower the batch size (--batch-size, train.batch_size or eval.batch_size) or "
+                "--max-samples, or use a machine with more memory")
+    if callable(getattr(exc, "format_message", None)) and hasattr(exc, "exit_code"):
+        return str(exc.format_message())  # a usage error (typer bundles its own click: match by shape, not class)
+    return None
+
+
+_DISK_HINTS = {  # by errno name (errno.errorcode), so a platform without one of them still imports
+    "ENOENT": "check the path",
+    "EACCES": "fix its permissions or choose another --out",
+    "EPERM": "fix its permissions or choose another --out",
+    "EROFS": "choose another --out on a writable disk",
+    "ENOSPC": "free space on that disk or choose another --out",
+    "EDQUOT": "free space (the disk quota is full) or choose another --out",
+    "ENOTDIR": "a part of this path is a file, not a folder: choose another --out",
+    "EISDIR": "it is a folder where a file was expected: choose another path",
+    "EEXIST": "it is in the way: remove it or choose another --out",
+    "ENAMETOOLONG": "choose a shorter path",
+    "EMFILE": "raise the open-file limit (ulimit -n)",
+    "EPIPE": "the program reading sparring's output stopped early",
+}
+
+
+def _disk_error(exc: OSError) -> str:
+    """One line for an ``OSError``: the path(s), the reason and what to do."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    hint = _DISK_HINTS.get(errno.errorcode.get(exc.errno or -1, ""), "check the path and the disk")
+    if isinstance(exc, FileNotFoundError) and paths:
+        return f"file not found: {paths}; {hint}"
+    return f"{paths}: {reason}; {hint}" if paths else f"{reason}; {hint}"
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks (and the blanks around them) folded into single spaces."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
 
 
 if __name__ == "__main__":

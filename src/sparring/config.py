@@ -16,6 +16,7 @@ Every error is a :class:`ConfigError` with a one-line message that names the off
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from sparring.attacks import ATTACKS, Attack
 from sparring.attacks.cascade import as_cascade, check_attacks_fit
 from sparring.errors import ConfigError
-from sparring.models import settings_of
+from sparring.models import check_settings, settings_of
 from sparring.objectives import OBJECTIVES, Objective, threat_of
 from sparring.objectives.base import walk
 from sparring.threat import ThreatModel, make_threat, parse_norm
@@ -40,6 +41,17 @@ if TYPE_CHECKING:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_RUN_NAME = re.compile(r"[\w.-]+")
+RUN_NAME_RULE = "must be one path component (letters, digits, - _ .)"
+
+
+def is_run_name(name: str) -> bool:
+    """Whether ``name`` is one path component: letters, digits, ``- _ .``, and not ``.`` or ``..``.
+
+    A run's name becomes its default folder ``runs/<name>``: it must neither climb out of ``runs/`` nor nest."""
+    return bool(_RUN_NAME.fullmatch(name)) and name not in (".", "..")
 
 
 class ThreatSpec(_Strict):
@@ -129,6 +141,13 @@ class RunConfig(_Strict):
     train: dict[str, Any] = Field(default_factory=dict)
     eval: EvalSpec = Field(default_factory=EvalSpec)
 
+    @field_validator("name")
+    @classmethod
+    def _one_component(cls, value: str | None) -> str | None:
+        if value is not None and not is_run_name(value):
+            raise ValueError(f"{RUN_NAME_RULE}, got {value!r}")
+        return value
+
     def build_objective(self) -> Objective:
         return build_component(OBJECTIVES, self.objective, where="objective")  # type: ignore[return-value]
 
@@ -172,17 +191,100 @@ def load_any_config(path: str | Path) -> RunConfig | RecRunConfig:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds; every problem is one ConfigError line naming the file (and line)."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a YAML config file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not a UTF-8 text YAML file (byte {exc.start}, line {line}, is not UTF-8); save it as UTF-8 text"
+        ) from None
+    try:
+        return _load_mapping(text, path)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.reader.ReaderError as exc:  # valid UTF-8 but control characters: a binary file
+        raise ConfigError(
+            f"{path}: not a UTF-8 text YAML file (character #x{exc.character:04x} at offset {exc.position} is not "
+            "allowed in YAML)"
+        ) from None
+    except yaml.composer.ComposerError as exc:
+        if "another document" in (exc.problem or "") and exc.problem_mark is not None:
+            raise ConfigError(
+                f"{path}: holds more than one YAML document (a second document starts at line "
+                f"{exc.problem_mark.line + 1}); keep one config per file"
+            ) from None
+        raise ConfigError(f"{path}: not valid YAML{_yaml_where(exc)}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raise ConfigError(f"{path}: not valid YAML{_yaml_where(exc)}") from None
+
+
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping names the same key twice (PyYAML would silently keep the last)."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (safe tags only) that refuses a key written twice in one mapping, at any depth."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden by the keys beside it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            mark = key_node.start_mark
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if first is not None:
+                where = f"line {mark.line + 1}"
+                if first.line == mark.line:  # a flow mapping {eps: 1, eps: 2} on one line
+                    where += f", column {mark.column + 1} (first at column {first.column + 1})"
+                else:
+                    where += f" (first at line {first.line + 1})"
+                raise _DuplicateKey(f"duplicate key {key!r} at {where}; keep one")
+            seen[key] = mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_mapping(text: str, path: Path) -> dict[str, Any]:
+    """Compose the single document, check it is a mapping (naming its line), then construct it."""
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError(f"{path}: is empty; write a run config (docs/configs.md)")
+        if not isinstance(node, yaml.MappingNode):
+            kind = "a list" if isinstance(node, yaml.SequenceNode) else f"the value {_excerpt(node.value)!r}"
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of sections (name:, data:, model:, ...), got {kind} at "
+                f"line {node.start_mark.line + 1}"
+            )
+        raw = loader.construct_document(node)
+    finally:
+        loader.dispose()
     return raw
+
+
+def _excerpt(value: Any) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    return f"{where}: {problem}" if problem else where
 
 
 def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
@@ -223,12 +325,17 @@ def check_objective_domain(objective: Objective) -> None:
 
 
 def check_model_spec(spec: ModelSpec) -> None:
-    """The model name exists and its settings are ones it accepts (built later, once the data is known)."""
+    """The model name exists and its settings are ones it accepts, of the types its constructor annotates (built
+    later, once the data is known)."""
     try:
         accepted = settings_of(spec.name)
     except ConfigError as exc:
         raise ConfigError(f"model.name: {exc}") from None
     reject_unknown_settings(spec.name, spec.settings(), accepted)
+    try:
+        check_settings(spec.name, spec.settings())  # wrong types fail here, before any work
+    except ConfigError as exc:
+        raise ConfigError(f"model.{exc}") from None
 
 
 def reject_unknown_settings(name: str, settings: Mapping[str, Any], accepted: Iterable[str]) -> None:

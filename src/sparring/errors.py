@@ -1,8 +1,10 @@
 """Exceptions a user can act on.
 
 Every error that comes from bad input (a malformed config, a missing file, NaN data, a wrong shape, a
-negative ε) is a :class:`SparringError`. The CLI turns it into one line on stderr and exit status 2;
-library callers can catch it.
+negative ε) is a :class:`SparringError`. The CLI turns it into one line on stderr (line breaks folded) and exit
+status 2; library callers can catch it. The CLI's boundary (``sparring.cli.main``) treats an ``OSError`` the same
+way (the user's disk: the path, the reason, what to do); any other exception is a bug in sparring: its traceback,
+then a request to report it, and exit status 1.
 """
 
 from __future__ import annotations

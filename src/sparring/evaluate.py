@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -283,9 +284,12 @@ def evaluate(
     bars = EvalBars(cascade.labels, len(mine), curve=bool(radii)) if show and world()[0] == 0 else None
     with bars if bars is not None else contextlib.nullcontext():
         for done, b in enumerate(mine, 1):
-            record = state.load(b) if state is not None else None
+            rows = torch.arange(b * batch_size, min((b + 1) * batch_size, len(x)))
+            fits = functools.partial(_record_fits, batch=b, first=int(rows[0]), size=len(rows),
+                                     n_attacks=len(cascade.attacks), n_radii=len(radii), n_examples=n_examples,
+                                     point_shape=tuple(x.shape[1:]))
+            record = state.load(b, valid=fits) if state is not None else None
             if record is None:
-                rows = torch.arange(b * batch_size, min((b + 1) * batch_size, len(x)))
                 record = _evaluate_batch(
                     model, x[rows].to(device), y[rows].to(device), threat.subset(rows), cascade, radii, curve_attack,
                     seed=seed, batch=b, first=int(rows[0]), n_examples=n_examples, precision=precision, bars=bars,
@@ -406,6 +410,29 @@ def _verifier(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
             return model(x_adv.float()).argmax(1) != y
 
     return misclassified
+
+
+def _record_fits(
+    record: Record, *, batch: int, first: int, size: int, n_attacks: int, n_radii: int, n_examples: int,
+    point_shape: tuple[int, ...],
+) -> bool:
+    """Whether a record read back from the state is whole and belongs to this batch of this evaluation."""
+    try:
+        ints = [*record["broken_by"], *record["curve_broken_at"], *record["attacked"]]
+        numbers = [*record["time_s"], *record["queries"], record["curve_time_s"]]
+        keep = max(0, min(n_examples - first, size))
+        adv = torch.tensor(record["adv"], dtype=torch.float32) if record["adv"] else torch.empty(0, *point_shape)
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return False
+    return (
+        record["batch"] == batch and record["first"] == first
+        and len(record["broken_by"]) == size and len(record["curve_broken_at"]) == size
+        and len(record["time_s"]) == len(record["queries"]) == len(record["attacked"]) == n_attacks
+        and all(type(v) is int for v in ints) and all(isinstance(v, int | float) for v in numbers)
+        and all(WRONG <= v < n_attacks or v == NOT_BROKEN for v in record["broken_by"])
+        and all(0 <= v <= n_radii for v in record["curve_broken_at"])
+        and tuple(adv.shape) == (keep, *point_shape)
+    )
 
 
 # ----------------------------------------------------------------------------- assembling the records

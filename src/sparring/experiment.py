@@ -1,17 +1,19 @@
 """The main job: config → data → model → training → evaluation → run folder.
 
 A run folder always holds the resolved ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (with the
-final ``model.safetensors`` and ``model.json``), ``report.json``, ``report.html`` and ``examples.npz``.
-``run_demo`` trains a standard and a PGD-AT small CNN on the embedded digits and writes a comparison page.
+final ``model.safetensors`` and ``model.json``), ``report.json``, ``report.html`` and ``examples.npz``, and
+sparring's marker ``.sparring-run.json``; while a process writes it, its lock (:mod:`sparring.run_folder`).
+``--overwrite`` clears only marked folders, and only the files sparring wrote. ``run_demo`` trains a
+standard and a PGD-AT small CNN on the embedded digits and writes a comparison page.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,43 +29,95 @@ from sparring.attacks import Attack
 from sparring.checkpoint import save_weights
 from sparring.config import RunConfig, load_config
 from sparring.data import Dataset, load_data, long_tail
-from sparring.errors import RunFolderError
-from sparring.eval_state import barrier, is_main_process
+from sparring.errors import RunFolderError, SparringError
+from sparring.eval_state import broadcast, is_main_process
 from sparring.evaluate import Evaluation, evaluate, long_tail_summary
 from sparring.files import atomic_write_json, atomic_write_text
 from sparring.models import build_model, with_normalization
 from sparring.models.fit import check_model_accepts
 from sparring.objectives import Objective
 from sparring.report import write_comparison, write_html, write_json
+from sparring.run_folder import MARKER, RunFolder, folder_lock, not_ours
 from sparring.threat import ThreatModel
 from sparring.train import TrainConfig, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
-RUN_MARKERS = ("config.yaml", "report.json", "metrics.jsonl", "checkpoints", "eval_state")
 Notify = Callable[[str], None]
 
 
-def prepare_run_dir(out: Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Make ``out`` ready for a run without ever destroying something that is not ours.
+def check_run_dir(out: Path, *, resume: bool = False) -> None:
+    """Refuse, reading only, a path that is a file or a non-empty folder sparring did not create.
 
-    An existing non-empty folder is an error unless ``resume`` (continue it) or ``overwrite`` (replace
-    it, only if it is a sparring run folder).
+    A folder is sparring's by its marker (``.sparring-run.json``), never by the names of its files. For
+    ``resume``, a folder an older sparring wrote (``checkpoints/latest.json`` or ``eval_state/manifest.json``,
+    no marker) is accepted too: :func:`prepare_run_dir` marks it.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise RunFolderError(f"{out} exists and is not a folder")
-    if resume:
-        if not (out / "checkpoints").is_dir():
+        raise RunFolderError(f"{out} exists and is not a folder; choose another --out")
+    folder = RunFolder(out)
+    if folder.is_empty() or folder.is_sparring() or (resume and _older_sparring(out)):
+        return
+    raise RunFolderError(not_ours(out))
+
+
+def prepare_run_dir(out: Path, *, overwrite: bool = False, resume: bool = False, kind: str = "run") -> Path:
+    """Make ``out`` ready for a run without ever deleting something sparring did not write.
+
+    An existing non-empty folder is an error unless ``resume`` (continue it) or ``overwrite`` (clear sparring's
+    files in it, only if it carries sparring's marker; other files stay, with a warning). The folder gets a
+    fresh marker of ``kind``. The caller holds the folder's lock (:func:`claim_run_dir` does both).
+    """
+    out = Path(out)
+    check_run_dir(out, resume=resume)
+    folder = RunFolder(out)
+    if resume:  # a marked folder without checkpoints (killed before its first one) starts again from epoch 0
+        if kind == "run" and not (out / "checkpoints").is_dir() and not folder.is_sparring():
             raise RunFolderError(f"cannot resume: {out} has no checkpoints/ folder")
+        if not folder.is_sparring():
+            log.warning("%s was written by an older sparring (no %s); marking it as a sparring %s folder",
+                        out, MARKER, kind)
+            RunFolder.create(out, kind=kind)
         return out
-    if out.exists() and any(out.iterdir()):
+    if not folder.is_empty():
         if not overwrite:
-            raise RunFolderError(f"run folder {out} already exists; pass --overwrite to replace it or choose --out")
-        if not any((out / m).exists() for m in RUN_MARKERS):
-            raise RunFolderError(f"{out} is not empty and is not a sparring run folder; refusing to overwrite it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+            what = "demo" if kind == "demo" else "run"
+            raise RunFolderError(f"{what} folder {out} already exists; pass --overwrite to replace it or choose --out")
+        kept = folder.clear_ours()
+        if kept:
+            log.warning("--overwrite left %d file(s) in %s that sparring did not write: %s", len(kept), out,
+                        ", ".join(kept))
+    RunFolder.create(out, kind=kind)
     return out
+
+
+@contextlib.contextmanager
+def claim_run_dir(out: Path, *, kind: str = "run", overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
+    """Hold ``out`` for this run: refuse a foreign folder, take its lock, prepare it; the lock goes on exit.
+
+    Under ``torch.distributed`` rank 0 does this and every rank learns its verdict (no rank waits forever
+    for a rank 0 that refused).
+    """
+    out = Path(out)
+    with contextlib.ExitStack() as stack:
+        failure: Exception | None = None
+        if is_main_process():
+            try:
+                check_run_dir(out, resume=resume)  # before the lock: nothing is written into a foreign folder
+                stack.enter_context(folder_lock(out))
+                prepare_run_dir(out, overwrite=overwrite, resume=resume, kind=kind)
+            except (SparringError, OSError) as exc:
+                failure = exc
+        message = broadcast(None if failure is None else str(failure))  # also a barrier
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise RunFolderError(message)
+        yield out
+
+
+def _older_sparring(out: Path) -> bool:
+    return (out / "checkpoints" / "latest.json").is_file() or (out / "eval_state" / "manifest.json").is_file()
 
 
 def load_run_data(config: RunConfig) -> tuple[Dataset, Dataset]:
@@ -105,44 +159,44 @@ def run_experiment(
     train_cfg.progress = progress
     threat = config.eval_threat(objective)
     main = is_main_process()  # under torchrun / accelerate launch: rank 0 writes, every rank trains and evaluates
-    out = prepare_run_dir(out, overwrite=overwrite, resume=resume) if main else Path(out)
     resolved = resolved_yaml(config, objective, train_cfg)
-    if main and not resume:
-        atomic_write_text(out / "config.yaml", resolved)
-    barrier()
-    notify(f"training {config.model.name} with {objective.name} on {train_data.name} → {out}")
-    trainer = Trainer(
-        model=model, objective=objective, train=(train_data.x, train_data.y), val=(test_data.x, test_data.y),
-        config=train_cfg, val_threat=threat, out_dir=out, num_classes=train_data.num_classes,
-    )
-    if train_cfg.trackers:
-        trackers.start(trainer.accelerator, project=config.name or out.name, run_name=out.name,
-                       config=yaml.safe_load(resolved))
-    try:
-        result = trainer.fit(resume=resume)
-        model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
-        if main:
-            save_model(model, out / "checkpoints", config=config, data=train_data)
-        if not evaluate_after:
-            return None
-        notify("evaluating")
-        evaluation = evaluate(
-            model, test_data, threat, suite=config.build_suite(), eps_curve=config.eval.eps_curve,
-            batch_size=config.eval.batch_size, max_samples=config.eval.max_samples, seed=config.seed,
-            precision=config.eval.precision, state_dir=out / "eval_state", notify=notify, progress=progress and main,
+    with claim_run_dir(out, kind="run", overwrite=overwrite, resume=resume) as out:
+        if main and not (resume and (out / "config.yaml").is_file()):
+            atomic_write_text(out / "config.yaml", resolved)
+        notify(f"training {config.model.name} with {objective.name} on {train_data.name} → {out}")
+        trainer = Trainer(
+            model=model, objective=objective, train=(train_data.x, train_data.y), val=(test_data.x, test_data.y),
+            config=train_cfg, val_threat=threat, out_dir=out, num_classes=train_data.num_classes,
         )
-        if not main:
-            return None
-        report = build_report(
-            evaluation, run_name=config.name or out.name, objective=objective.describe(),
-            model={"name": config.model.name, "parameters": _parameters(model)},
-            data=_describe_data(train_data, test_data, evaluation), training=result,
-        )
-        trackers.log_evaluation(trainer.accelerator, report, step=len(result.history))
-        write_run_report(out, report, evaluation)
-        return report
-    finally:
-        trackers.finish(trainer.accelerator)
+        if train_cfg.trackers:
+            trackers.start(trainer.accelerator, project=config.name or out.name, run_name=out.name,
+                           config=yaml.safe_load(resolved))
+        try:
+            result = trainer.fit(resume=resume)
+            model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+            if main:
+                save_model(model, out / "checkpoints", config=config, data=train_data)
+            if not evaluate_after:
+                return None
+            notify("evaluating")
+            evaluation = evaluate(
+                model, test_data, threat, suite=config.build_suite(), eps_curve=config.eval.eps_curve,
+                batch_size=config.eval.batch_size, max_samples=config.eval.max_samples, seed=config.seed,
+                precision=config.eval.precision, state_dir=out / "eval_state", notify=notify,
+                progress=progress and main,
+            )
+            if not main:
+                return None
+            report = build_report(
+                evaluation, run_name=config.name or out.name, objective=objective.describe(),
+                model={"name": config.model.name, "parameters": _parameters(model)},
+                data=_describe_data(train_data, test_data, evaluation), training=result,
+            )
+            trackers.log_evaluation(trainer.accelerator, report, step=len(result.history))
+            write_run_report(out, report, evaluation)
+            return report
+        finally:
+            trackers.finish(trainer.accelerator)
 
 
 def resolved_yaml(config: RunConfig, objective: Objective, train_cfg: TrainConfig) -> str:
@@ -227,43 +281,34 @@ def evaluate_model(
     out = Path(out)
     check_model_accepts(model, test_data)  # one line naming both shapes, before any folder is touched
     resuming = (out / "eval_state" / "manifest.json").is_file() and not overwrite
-    if is_main_process():
-        if resuming and notify is not None:
+    with claim_run_dir(out, kind="eval", overwrite=overwrite, resume=resuming):
+        if resuming and notify is not None and is_main_process():
             notify(f"resuming the evaluation in {out / 'eval_state'}")
-        else:
-            prepare_run_dir(out, overwrite=overwrite)
-    barrier()
-    evaluation = evaluate(
-        model, test_data, threat, suite=suite, eps_curve=eps_curve, max_samples=max_samples,
-        batch_size=batch_size, seed=seed, precision=precision, state_dir=out / "eval_state", notify=notify,
-        progress=progress,
-    )
-    if not is_main_process():
-        return None
-    report = build_report(
-        evaluation, run_name=out.name, objective=None,
-        model={"name": model_name, "parameters": _parameters(model)},
-        data=_describe_data(None, test_data, evaluation), training=None,
-    )
-    write_run_report(out, report, evaluation)
-    return report
+        evaluation = evaluate(
+            model, test_data, threat, suite=suite, eps_curve=eps_curve, max_samples=max_samples,
+            batch_size=batch_size, seed=seed, precision=precision, state_dir=out / "eval_state", notify=notify,
+            progress=progress,
+        )
+        if not is_main_process():
+            return None
+        report = build_report(
+            evaluation, run_name=out.name, objective=None,
+            model={"name": model_name, "parameters": _parameters(model)},
+            data=_describe_data(None, test_data, evaluation), training=None,
+        )
+        write_run_report(out, report, evaluation)
+        return report
 
 
 def run_demo(out: Path, *, overwrite: bool = False, progress: bool = True, notify: Notify | None = None) -> Path:
     """Train a standard and a PGD-AT small CNN on digits; one run folder each plus ``comparison.html``."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunFolderError(f"demo folder {out} already exists; pass --overwrite to replace it or choose --out")
-    if out.exists() and overwrite and any(out.iterdir()):
-        if not (out / "comparison.html").exists():
-            raise RunFolderError(f"{out} is not empty and is not a sparring demo folder; refusing to overwrite it")
-        shutil.rmtree(out)
-    runs = []
-    for name in ("standard", "pgd_at"):
-        config = load_config(demo_config_path(name))
-        run_experiment(config, out / name, progress=progress, notify=notify)
-        runs.append(out / name)
-    return write_comparison(runs, out / "comparison.html")
+    with claim_run_dir(Path(out), kind="demo", overwrite=overwrite) as out:
+        runs = []
+        for name in ("standard", "pgd_at"):
+            config = load_config(demo_config_path(name))
+            run_experiment(config, out / name, progress=progress, notify=notify)
+            runs.append(out / name)
+        return write_comparison(runs, out / "comparison.html")
 
 
 def demo_config_path(name: str) -> Path:
@@ -288,4 +333,5 @@ def _describe_data(train: Dataset | None, test: Dataset, evaluation: Evaluation)
     }
 
 
-__all__ = ["run_experiment", "run_demo", "evaluate_model", "prepare_run_dir", "build_report"]
+__all__ = ["run_experiment", "run_demo", "evaluate_model", "prepare_run_dir", "claim_run_dir", "check_run_dir",
+           "build_report"]

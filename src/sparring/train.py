@@ -44,7 +44,7 @@ from sparring import trackers
 from sparring.attacks import PGD, Attack
 from sparring.checkpoint import CheckpointDir
 from sparring.compile import compiled
-from sparring.errors import ConfigError, SparringError
+from sparring.errors import ConfigError, RunFolderError, SparringError
 from sparring.files import atomic_write_text
 from sparring.objectives import Objective, threat_of
 from sparring.objectives.base import walk
@@ -249,8 +249,7 @@ class Trainer:
         cfg = self.cfg
         history: list[dict[str, Any]] = []
         best_score, best_epoch, bad_epochs, start_epoch = -math.inf, None, 0, 0
-        if resume:
-            state = self._resume()
+        if resume and (state := self._resume()) is not None:
             history, best_score, best_epoch, bad_epochs, start_epoch = (
                 state["history"], state["best_score"], state["best_epoch"], state["bad_epochs"], state["epoch"] + 1,
             )
@@ -296,6 +295,8 @@ class Trainer:
             best = self.checkpoints.best()
             if best is not None and best_epoch != history[-1]["epoch"]:
                 CheckpointDir.load(best, model=self._unwrapped())
+            elif best is None and best_epoch != history[-1]["epoch"]:
+                log.warning("the checkpoint of the best epoch (%d) is gone: keeping the last weights", best_epoch)
         events = [
             {"epoch": e["epoch"], "kind": "catastrophic_overfitting", "detail": json.dumps(e)}
             for e in getattr(self.objective, "events", [])
@@ -387,15 +388,40 @@ class Trainer:
     def _unwrapped(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)  # clean state_dict keys
 
-    def _resume(self) -> dict[str, Any]:
+    def _resume(self) -> dict[str, Any] | None:
+        """Restore the newest complete checkpoint; its metadata, or None (start from epoch 0) when there is none.
+
+        A run killed before its first checkpoint resumes from epoch 0: the model, objective and schedule are the
+        fresh ones this trainer was built with (as seeded as the killed run's), and ``metrics.jsonl`` is emptied.
+        """
         if self.checkpoints is None:
             raise SparringError("--resume needs a run folder")
         latest = self.checkpoints.latest()
         if latest is None:
-            raise SparringError(f"nothing to resume: no checkpoint in {self.checkpoints.root}")
+            log.warning("nothing to resume from in %s (no complete checkpoint): training starts from epoch 0",
+                        self.checkpoints.root)
+            if self.accelerator.is_main_process:
+                self._truncate_metrics(-1)
+            self.accelerator.wait_for_everyone()
+            return None
         meta = CheckpointDir.load(latest, model=self._unwrapped(), optimizer=self.optimizer)
-        self.objective.load_state_dict(meta.get("objective_state", {}))
-        self.scheduler.scheduler.load_state_dict(meta["scheduler"])
+        missing = [k for k in _RESUME_KEYS if k not in meta]
+        if missing or not isinstance(meta["history"], list) or not isinstance(meta["scheduler"], dict):
+            what = f"lacks {', '.join(missing)}" if missing else "has a malformed history or scheduler"
+            raise RunFolderError(
+                f"the checkpoint metadata {latest / 'meta.json'} {what}: it was not written by this trainer; delete "
+                f"the folder {latest} to resume from an older checkpoint (or from epoch 0), or start afresh with "
+                "--overwrite"
+            )
+        try:
+            self.objective.load_state_dict(meta.get("objective_state") or {})
+            self.scheduler.scheduler.load_state_dict(meta["scheduler"])
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise RunFolderError(
+                f"cannot restore the objective or schedule from {latest / 'meta.json'} ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); resume with the config the run was started with, or start "
+                "afresh with --overwrite"
+            ) from None
         if self.accelerator.is_main_process:
             self._truncate_metrics(meta["epoch"])
         self.accelerator.wait_for_everyone()
@@ -411,7 +437,7 @@ class Trainer:
         trackers.log_epoch(self.accelerator, record, step=record["epoch"])
 
     def _truncate_metrics(self, last_epoch: int) -> None:
-        """Drop metric lines written after the checkpoint a run resumes from."""
+        """Drop metric lines written after the checkpoint a run resumes from (all of them for ``last_epoch`` -1)."""
         path = self.out_dir / "metrics.jsonl" if self.out_dir else None
         if path is None or not path.is_file():
             return
@@ -427,6 +453,9 @@ class Trainer:
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             transient=False,
         )
+
+
+_RESUME_KEYS = ("history", "best_score", "best_epoch", "bad_epochs", "scheduler")
 
 
 def _jsonable(state: dict[str, Any]) -> dict[str, Any]:

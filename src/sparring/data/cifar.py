@@ -6,9 +6,11 @@ that folder or the archive, or the ``.tar.gz`` archive itself, whose members are
 it to disk. Nothing is downloaded.
 
 Each file is a pickled dict with ``b"data"`` (N, 3072) uint8 in channel-major order and labels under
-``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100). The release is pickle, so it is read with
-``pickle.load(f, encoding="bytes")``; like any pickle, only load files from a source you trust.
-The official train/test split is used.
+``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100). The release is pickle, and a pickle can name any
+function to call, so it is read with a restricted unpickler (:func:`sparring.data.safe_pickle.safe_load`) that
+rebuilds dicts, lists, bytes, numbers and numpy arrays only: a file that asks for anything else (``os.system``,
+``numpy.load`` ...) is refused with a :class:`~sparring.errors.DataError` before any of it runs. Data files never
+run code. The official train/test split is used.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from sparring.data.dataset import Dataset
+from sparring.data.safe_pickle import UnsafePickleError, safe_load
 from sparring.errors import DataError
 
 
@@ -90,16 +93,30 @@ class _Files:
                 if f is None:
                     raise DataError(f"cannot read {name!r} in {self.where}: not a regular file")
                 with f:
-                    obj = pickle.load(f, encoding="bytes")
+                    obj = safe_load(f, encoding="bytes")
             else:
                 with open(member, "rb") as f:
-                    obj = pickle.load(f, encoding="bytes")
-        except (pickle.UnpicklingError, EOFError, ValueError, tarfile.TarError) as e:
-            raise DataError(f"cannot read {name!r} in {self.where}: {e}") from None
+                    obj = safe_load(f, encoding="bytes")
+        except UnsafePickleError as e:
+            raise DataError(
+                f"{name!r} in {self.where} is not a plain CIFAR batch: it asks to load {e.what}; refusing to unpickle "
+                "it (data files never run code)"
+            ) from None
+        except DataError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, tarfile.TarError, OSError) as e:
+            raise DataError(f"cannot read {name!r} in {self.where}: {_one_line(e)}") from None
+        except Exception as e:  # a malformed pickle can fail in many ways (TypeError, IndexError, ...)
+            raise DataError(f"cannot read {name!r} in {self.where}: not a CIFAR pickle ({_one_line(e)})") from None
         if not isinstance(obj, dict):
             kind = type(obj).__name__
             raise DataError(f"{name!r} in {self.where} is not a CIFAR pickle (expected a dict, got {kind})")
         return obj
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
 
 
 def _expected(source: str) -> str:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,8 @@ from sparring.errors import DataError
 
 log = logging.getLogger(__name__)
 
+NPY_MAGIC = b"\x93NUMPY"  # a single array saved with numpy.save
+ZIP_MAGIC = b"PK"  # an .npz is a zip archive
 CHANNELS = (1, 3, 4)  # grayscale, RGB, RGBA: the channel counts that mark a 4-D array's channel axis
 UNSCALED_MAX = 1.5  # a float image brighter than this is taken for 0-255 pixels
 
@@ -106,16 +110,36 @@ def load_npz_for_evaluation(path: str | Path, *, num_classes: int | None = None)
     return _read_npz(path, num_classes)[-1]
 
 
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``; a one-line DataError naming the file if it is not a whole .npz."""
+    redo = "write it again with numpy.savez(path, x=..., y=...)"
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as e:
+        raise DataError(f"cannot read {str(path)!r}: {e.strerror or e}; check its permissions") from None
+    if not head:
+        raise DataError(f"{str(path)!r} is empty (0 bytes); {redo}")
+    if head.startswith(NPY_MAGIC):
+        raise DataError(f"{str(path)!r} holds one numpy array (.npy), not an .npz archive with 'x' and 'y'; {redo}")
+    if not head.startswith(ZIP_MAGIC):
+        raise DataError(f"{str(path)!r} is not a numpy .npz archive (it does not start like one); {redo}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(
+            f"cannot read {str(path)!r} as a numpy .npz archive ({reason}): it is damaged or truncated; {redo}"
+        ) from None
+
+
 def _read_npz(path: str | Path, num_classes: int | None) -> list[Dataset]:
     """``[all]`` or ``[train, test]`` as stored in the file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"npz file {str(path)!r} does not exist; expected a numpy .npz with arrays 'x' and 'y'")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {str(path)!r} as a numpy .npz archive: {e}") from None
+    arrays = _npz_arrays(path)
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{str(path)!r} has no array {key!r} (found {sorted(arrays)}); save x and y with np.savez")

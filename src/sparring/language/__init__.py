@@ -12,7 +12,9 @@ The path of a batch, for language models:
 * objectives (registered in :mod:`sparring.objectives`): ``cat``, ``capo``, ``lat``, ``warden``, ``localalign``.
 * ``evaluate`` / ``report``: attack success rate judged by a pluggable :class:`Judge`, utility and over-refusal.
 * ``embedding``: classifiers and causal LMs on ``inputs_embeds`` (gradient prediction on transformers);
-  ``toy``: small tasks and word-level tokenizers built in code.
+  ``toy``: small tasks and word-level tokenizers built in code; ``pretrained``: :func:`load_pretrained`, local
+  Hugging Face folders with safetensors weights only (pickled ``pytorch_model.bin`` needs
+  ``allow_pickle_weights=True``).
 
 Needs the ``transformers`` package (the ``hf`` extra); LoRA through ``peft``.
 """
@@ -35,6 +37,7 @@ from sparring.language.evaluate import default_attacks, evaluate_language
 from sparring.language.judge import REFUSAL_PATTERNS, ClassifierJudge, Judge, RefusalJudge
 from sparring.language.lat import LAT
 from sparring.language.localalign import LocalAlign, injection_batch, near_target_asr, near_target_edits
+from sparring.language.pretrained import load_pretrained
 from sparring.language.prompt_attack import PromptAttack, PromptAttackResult, embedding_attack, latent_attack
 from sparring.language.report import AttackOutcome, LanguageReport, compare
 from sparring.language.suffix import SuffixResult, SuffixSearch, insert_suffix
@@ -52,5 +55,5 @@ __all__ = [
     "Judge", "RefusalJudge", "ClassifierJudge", "REFUSAL_PATTERNS", "evaluate_language", "default_attacks",
     "LanguageReport", "AttackOutcome", "compare",
     "CausalLMTarget", "EmbeddingSpace", "TextClassifier", "embedding_scale", "padding_free",
-    "safety_task", "topic_prompts", "topic_texts", "word_tokenizer",
+    "safety_task", "topic_prompts", "topic_texts", "word_tokenizer", "load_pretrained",
 ]

@@ -17,7 +17,7 @@ rows of a batch, and :class:`~sparring.threat.TokenBall` never moves those rows.
 Budgets are per token and usually quoted relative to :func:`embedding_scale`, the mean L2 norm of the
 rows of the input-embedding matrix (CAT's convention)::
 
-    net = CausalLMTarget(model=AutoModelForCausalLM.from_pretrained(path), keep=8)
+    net = CausalLMTarget(model=load_pretrained(AutoModelForCausalLM, path), keep=8)  # safetensors only
     x = net.embed(input_ids)
     threat = TokenL2Ball(eps=0.05 * embedding_scale(net), mask=prompt_positions)
     FGSM()(net, x, input_ids[:, -8:], threat)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from sparring.context import device_of, frozen_model
 from sparring.errors import ConfigError, DataError
 from sparring.extras import missing_extra
+from sparring.language.pretrained import check_safetensors, load_pretrained
 
 #: Refusal markers: GCG's ``test_prefixes`` and HarmBench's refusal list, without the entries that also match
 #: ordinary answers under a case-insensitive substring test ("As an", "Hello!", "illegal", "unethical", "OpenAI").
@@ -109,9 +110,13 @@ class ClassifierJudge:
             raise ConfigError(f"harmful_label must be a class index >= 0, got {self.harmful_label}")
 
     @classmethod
-    def from_path(cls, path: str | Path, **settings: Any) -> ClassifierJudge:
+    def from_path(cls, path: str | Path, *, allow_pickle_weights: bool = False, **settings: Any) -> ClassifierJudge:
         """Load the model and tokenizer saved with ``save_pretrained`` in the local folder ``path``
-        (``local_files_only``: nothing is downloaded). Raises :class:`DataError` if it is missing or unloadable."""
+        (``local_files_only``: nothing is downloaded). Raises :class:`DataError` if it is missing or unloadable.
+
+        Weights are read from safetensors only: a folder with only ``pytorch_model.bin`` (a pickle, which can run
+        code when loaded) is refused unless ``allow_pickle_weights=True``
+        (:func:`sparring.language.pretrained.load_pretrained`)."""
         try:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
         except ModuleNotFoundError as exc:
@@ -120,9 +125,10 @@ class ClassifierJudge:
         path = Path(path)
         if not path.is_dir():
             raise DataError(f"{path}: no such folder; save a sequence classifier there with save_pretrained")
+        check_safetensors(path, allow_pickle_weights=allow_pickle_weights)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+            model = load_pretrained(AutoModelForSequenceClassification, path, allow_pickle_weights=allow_pickle_weights)
         except (OSError, ValueError, KeyError, TypeError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise DataError(f"{path}: cannot load a sequence classifier and its tokenizer ({reason})") from None

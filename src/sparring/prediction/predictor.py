@@ -35,6 +35,7 @@ are padding, as in :class:`~sparring.threat.TokenBall`).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -306,7 +307,13 @@ class GradientPredictor:
         tensors = dict(self.ridge.state_dict())
         if self._fit is not None:
             tensors.update(self._fit.state_dict())
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: a reader never sees half a file
+        try:
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def load(path: Path | str) -> GradientPredictor:

@@ -36,9 +36,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 import sparring
 from sparring.checkpoint import save_weights
-from sparring.config import _first_error, _Strict, build_component, reject_unknown_settings
+from sparring.config import RUN_NAME_RULE, _first_error, _Strict, build_component, is_run_name, reject_unknown_settings
 from sparring.errors import ConfigError
-from sparring.experiment import prepare_run_dir
+from sparring.experiment import claim_run_dir
 from sparring.files import atomic_write_json, atomic_write_text
 from sparring.objectives import OBJECTIVES, Objective, threat_of
 from sparring.recsys.data import RecData, load_mmrec, synthetic
@@ -145,6 +145,13 @@ class RecRunConfig(_Strict):
     train: RecTrainSpec = Field(default_factory=RecTrainSpec)
     eval: RecEvalSpec = Field(default_factory=RecEvalSpec)
 
+    @field_validator("name")
+    @classmethod
+    def _one_component(cls, value: str | None) -> str | None:
+        if value is not None and not is_run_name(value):
+            raise ValueError(f"{RUN_NAME_RULE}, got {value!r}")
+        return value
+
     def build_objective(self) -> Objective:
         """The objective from the registry; refused unless it trains recommenders (``inputs`` recsys / any, and
         no input-space threat: a recommender's inputs are user and item indices)."""
@@ -208,7 +215,8 @@ def run_recsys(
     """Train, evaluate ranking quality and promotion robustness; write the run folder; return report.json's dict.
 
     The data are loaded, the model built and the attack settings checked against the data before the run
-    folder is touched (``prepare_run_dir``: an existing folder needs ``overwrite`` and must be a sparring run).
+    folder is touched (``claim_run_dir``: an existing folder needs ``overwrite`` and must carry sparring's marker;
+    a folder another process is writing is refused).
     ``evaluate_after=False`` stops after training and saving the model (returns None).
     """
     notify = notify or (lambda message: None)
@@ -222,50 +230,50 @@ def run_recsys(
     model.to(device)
     lr = type(model).lr if config.train.lr is None else config.train.lr
     reg_weight = type(model).reg_weight if config.train.reg_weight is None else config.train.reg_weight
-    out = prepare_run_dir(Path(out), overwrite=overwrite)
-    atomic_write_text(out / "config.yaml", resolved_yaml(config, objective, lr=lr, reg_weight=reg_weight))
-    notify(f"training {config.model.name} with {objective.name} on {data.name} "
-           f"({data.n_users} users, {data.n_items} items) → {out}")
-    metrics_path = out / "metrics.jsonl"
+    with claim_run_dir(Path(out), kind="run", overwrite=overwrite) as out:  # the lock goes on exit
+        atomic_write_text(out / "config.yaml", resolved_yaml(config, objective, lr=lr, reg_weight=reg_weight))
+        notify(f"training {config.model.name} with {objective.name} on {data.name} "
+               f"({data.n_users} users, {data.n_items} items) → {out}")
+        metrics_path = out / "metrics.jsonl"
 
-    def log(record: dict[str, Any]) -> None:
-        with metrics_path.open("a") as handle:  # one line per epoch, appended as training goes
-            handle.write(json.dumps(metrics_row(record)) + "\n")
+        def log(record: dict[str, Any]) -> None:
+            with metrics_path.open("a") as handle:  # one line per epoch, appended as training goes
+                handle.write(json.dumps(metrics_row(record)) + "\n")
 
-    t0 = time.perf_counter()
-    records = fit(model, data, objective, epochs=config.train.epochs, batch_size=config.train.batch_size, lr=lr,
-                  weight_decay=config.train.weight_decay, reg_weight=reg_weight, seed=config.seed,
-                  progress=progress, log=log)
-    train_s = time.perf_counter() - t0
-    save_recommender(model, out / "checkpoints", config=config, data=data)
-    if not evaluate_after:
-        return None
-    notify(f"ranking quality on {len(data.test)} test interactions")
-    t0 = time.perf_counter()
-    ranking = ranking_metrics(model, data, "test", ks=config.eval.ks)
-    ranking_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    promotion = promotion_rows(model, data, config, notify=notify)
-    promotion_s = time.perf_counter() - t0
-    report = {
-        "schema_version": 1,
-        "task": TASK,
-        "sparring_version": sparring.__version__,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "run_name": config.name or out.name,
-        "data": data.describe(),
-        "model": {"name": config.model.name, "settings": config.model.settings(),
-                  "parameters": sum(p.numel() for p in model.parameters())},
-        "objective": objective.describe(),
-        "ranking": ranking,
-        "promotion": promotion,
-        "training": training_summary(records, lr=lr, reg_weight=reg_weight, time_s=train_s),
-        "timing": {"train_s": train_s, "ranking_s": ranking_s, "promotion_s": promotion_s,
-                   "total_s": time.perf_counter() - started},
-    }
-    write_json(report, out / "report.json")
-    write_recsys_html(out)
-    return report
+        t0 = time.perf_counter()
+        records = fit(model, data, objective, epochs=config.train.epochs, batch_size=config.train.batch_size, lr=lr,
+                      weight_decay=config.train.weight_decay, reg_weight=reg_weight, seed=config.seed,
+                      progress=progress, log=log)
+        train_s = time.perf_counter() - t0
+        save_recommender(model, out / "checkpoints", config=config, data=data)
+        if not evaluate_after:
+            return None
+        notify(f"ranking quality on {len(data.test)} test interactions")
+        t0 = time.perf_counter()
+        ranking = ranking_metrics(model, data, "test", ks=config.eval.ks)
+        ranking_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        promotion = promotion_rows(model, data, config, notify=notify)
+        promotion_s = time.perf_counter() - t0
+        report = {
+            "schema_version": 1,
+            "task": TASK,
+            "sparring_version": sparring.__version__,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "run_name": config.name or out.name,
+            "data": data.describe(),
+            "model": {"name": config.model.name, "settings": config.model.settings(),
+                      "parameters": sum(p.numel() for p in model.parameters())},
+            "objective": objective.describe(),
+            "ranking": ranking,
+            "promotion": promotion,
+            "training": training_summary(records, lr=lr, reg_weight=reg_weight, time_s=train_s),
+            "timing": {"train_s": train_s, "ranking_s": ranking_s, "promotion_s": promotion_s,
+                       "total_s": time.perf_counter() - started},
+        }
+        write_json(report, out / "report.json")
+        write_recsys_html(out)
+        return report
 
 
 def check_against_data(config: RecRunConfig, data: RecData) -> None:
