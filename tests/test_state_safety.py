@@ -11,7 +11,6 @@ import logging
 import os
 import pickle
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_cli import run_main
 from torch import Tensor, nn
 
 from sparring.checkpoint import CheckpointDir
@@ -212,16 +212,8 @@ eval: {threat: {norm: linf, eps: 0.1}, max_samples: 32, attacks: [{name: fgsm}]}
 
 def run_cli(argv: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
     """``sparring ARGV`` in process: (exit status, stderr)."""
-    from sparring.cli import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["sparring", *argv])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
+    code, _, err = run_main(argv, cwd, monkeypatch, capsys)
+    return code, err
 
 
 def test_cli_resume_of_a_run_killed_before_its_first_checkpoint_starts_from_epoch_0(tmp_path, monkeypatch, capsys,

@@ -21,10 +21,10 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from sparring.attacks import ATTACKS, Attack
 from sparring.attacks.cascade import as_cascade, check_attacks_fit
@@ -52,6 +52,16 @@ def is_run_name(name: str) -> bool:
 
     A run's name becomes its default folder ``runs/<name>``: it must neither climb out of ``runs/`` nor nest."""
     return bool(_RUN_NAME.fullmatch(name)) and name not in (".", "..")
+
+
+def _checked_run_name(value: str | None) -> str | None:
+    if value is not None and not is_run_name(value):
+        raise ValueError(f"{RUN_NAME_RULE}, got {value!r}")
+    return value
+
+
+#: A config's ``name``: one path component or absent (every run config's schema uses it).
+RunName = Annotated[str | None, AfterValidator(_checked_run_name)]
 
 
 class ThreatSpec(_Strict):
@@ -133,20 +143,13 @@ class EvalSpec(_Strict):
 
 
 class RunConfig(_Strict):
-    name: str | None = None
+    name: RunName = None
     seed: int = 0
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     objective: dict[str, Any] = Field(default_factory=lambda: {"name": "standard"})
     train: dict[str, Any] = Field(default_factory=dict)
     eval: EvalSpec = Field(default_factory=EvalSpec)
-
-    @field_validator("name")
-    @classmethod
-    def _one_component(cls, value: str | None) -> str | None:
-        if value is not None and not is_run_name(value):
-            raise ValueError(f"{RUN_NAME_RULE}, got {value!r}")
-        return value
 
     def build_objective(self) -> Objective:
         return build_component(OBJECTIVES, self.objective, where="objective")  # type: ignore[return-value]

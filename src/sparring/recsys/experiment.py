@@ -36,7 +36,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 import sparring
 from sparring.checkpoint import save_weights
-from sparring.config import RUN_NAME_RULE, _first_error, _Strict, build_component, is_run_name, reject_unknown_settings
+from sparring.config import RunName, _first_error, _Strict, build_component, reject_unknown_settings
 from sparring.errors import ConfigError
 from sparring.experiment import claim_run_dir
 from sparring.files import atomic_write_json, atomic_write_text
@@ -137,20 +137,13 @@ class RecRunConfig(_Strict):
     """A recommender run (``task: recsys``); see the module docstring and ``docs/configs.md``."""
 
     task: Literal["recsys"] = TASK
-    name: str | None = None
+    name: RunName = None
     seed: int = 0
     data: RecDataSpec = Field(default_factory=RecDataSpec)
     model: RecModelSpec = Field(default_factory=RecModelSpec)
     objective: dict[str, Any] = Field(default_factory=lambda: {"name": "standard"})
     train: RecTrainSpec = Field(default_factory=RecTrainSpec)
     eval: RecEvalSpec = Field(default_factory=RecEvalSpec)
-
-    @field_validator("name")
-    @classmethod
-    def _one_component(cls, value: str | None) -> str | None:
-        if value is not None and not is_run_name(value):
-            raise ValueError(f"{RUN_NAME_RULE}, got {value!r}")
-        return value
 
     def build_objective(self) -> Objective:
         """The objective from the registry; refused unless it trains recommenders (``inputs`` recsys / any, and
