@@ -21,11 +21,7 @@ from sparring.attacks import Attack, build
 from sparring.context import device_of
 from sparring.errors import ConfigError
 from sparring.evaluate import evaluate
-from sparring.threat import ThreatModel, make_threat
-
-
-def _threat(eps: float | str, norm: str, bounds: tuple[float, float] | None) -> ThreatModel:
-    return make_threat(norm, eps, bounds)
+from sparring.threat import make_threat
 
 
 def attack(
@@ -58,7 +54,7 @@ def attack(
         chosen = attack
     else:
         chosen = build(attack, **settings)
-    threat = _threat(eps, norm, bounds)
+    threat = make_threat(norm, eps, bounds)
     device = device_of(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     out = []
@@ -82,7 +78,7 @@ def robust_accuracy(
 ) -> float:
     """The per-sample worst-case accuracy of :func:`sparring.evaluate` (``settings`` go to it: ``batch_size``,
     ``eps_curve=[]`` to skip the curve, ``progress=False``, ``seed``). Warns when a check fails."""
-    evaluation = evaluate(model, (x, y), _threat(eps, norm, bounds), suite=suite, **settings)
+    evaluation = evaluate(model, (x, y), make_threat(norm, eps, bounds), suite=suite, **settings)
     if not evaluation.trustworthy:
         failed = "; ".join(f"{c['name']}: {c['detail']}" for c in evaluation.checks if c["passed"] is False)
         warnings.warn(f"robust accuracy {evaluation.robust_accuracy:.4f} is not trustworthy ({failed})",
