@@ -17,10 +17,10 @@ from torch import Tensor, nn
 
 import sparring
 from sparring import LinfBall, Trainer
-from sparring.checkpoint import load_weights, save_weights
 from sparring.config import RunConfig, load_config
 from sparring.experiment import demo_config_path
 from sparring.models import build_model
+from sparring.runtime.checkpoint import load_weights, save_weights
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"

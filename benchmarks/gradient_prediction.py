@@ -45,10 +45,9 @@ from _common import CACHE, environment, log
 from torch import Tensor, nn
 
 from sparring.attacks import FGSM
-from sparring.gradients import Autograd, GradientStep
+from sparring.gradients import Autograd, GradientPredictor, GradientStep, Predicted, cosine, sign_agreement
 from sparring.language import CausalLMTarget, TextClassifier, embedding_scale, topic_prompts, topic_texts
 from sparring.losses import LossFn, cross_entropy
-from sparring.prediction import GradientPredictor, Predicted, cosine, sign_agreement
 from sparring.threat import TokenL2Ball
 
 RESULTS = Path(__file__).resolve().parent / "results"

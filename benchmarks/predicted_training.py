@@ -70,10 +70,10 @@ from torch import Tensor, nn
 
 from sparring.attacks import APGD, FGSM, PGD
 from sparring.data import load_data
+from sparring.gradients import Predicted
 from sparring.models import build_model
 from sparring.objectives import Objective, build
 from sparring.objectives.predicted_fgsm import PredictedFGSM
-from sparring.prediction import Predicted
 from sparring.threat import LinfBall
 from sparring.train import TrainConfig, Trainer, lr_factor
 

@@ -15,7 +15,7 @@ Two measurements, each a ratio against a baseline measured in the same run, alte
    start-up and imports are not in the epoch time; they are reported as ``launch_s``. The 1- and
    2-process runs alternate (order rotating each round); figures are medians over ``--repeats`` rounds.
 2. **torch.compile** (``attack``). PGD-10 (``PGD(steps=10)``: best iterate, scoring forward; L∞ ε = 8/255)
-   on a random CIFAR-shaped batch (3, 32, 32), eager vs ``sparring.compile.compiled(model)`` (inductor,
+   on a random CIFAR-shaped batch (3, 32, 32), eager vs ``sparring.runtime.compile.compiled(model)`` (inductor,
    static shapes), for ``small_cnn`` (batch 64) and ``preact_resnet18`` (batch 16). The first compiled call
    compiles (reported apart as ``compile_s`` = first call − steady compiled call); inductor's on-disk cache
    is a fresh temporary folder, so compile times are cold (``--warm-cache`` keeps the user's cache). After
@@ -152,8 +152,8 @@ def measure_attack(name: str, batch: int, args: argparse.Namespace, repeats: int
     import torch._dynamo
 
     from sparring.attacks import PGD
-    from sparring.compile import compiled
     from sparring.models import build_model
+    from sparring.runtime.compile import compiled
     from sparring.threat import LinfBall
 
     torch._dynamo.reset()
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "attack": {
                 "attack": f"PGD(steps={STEPS}) (best iterate, scoring forward), Linf eps 8/255, random CIFAR-shaped "
-                "batch", "compile": "sparring.compile.compiled(model): inductor, mode default, dynamic=False",
+                "batch", "compile": "sparring.runtime.compile.compiled(model): inductor, mode default, dynamic=False",
                 "inductor_cache": "warm (user cache)" if args.warm_cache else "cold (fresh temporary folder)",
                 "repeats": attack_repeats, "statistic": "median over alternating calls after one warm-up each",
             },

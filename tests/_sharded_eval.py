@@ -14,9 +14,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _eval_fixtures import EVAL_SETTINGS, digits_points, mlp  # noqa: E402
 
-from sparring.checkpoint import load_weights  # noqa: E402
-from sparring.eval_state import world  # noqa: E402
 from sparring.evaluate import evaluate  # noqa: E402
+from sparring.runtime.checkpoint import load_weights  # noqa: E402
+from sparring.runtime.distributed import world  # noqa: E402
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -13,9 +13,9 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from sparring.checkpoint import CheckpointDir, load_weights, save_weights
 from sparring.errors import SparringError
 from sparring.models import build_model
+from sparring.runtime.checkpoint import CheckpointDir, load_weights, save_weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

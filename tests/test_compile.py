@@ -13,11 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from sparring.attacks import APGD, PGD
-from sparring.checkpoint import load_weights, save_weights
-from sparring.compile import compiled, is_compiled, uncompiled
 from sparring.errors import ConfigError
 from sparring.models import build_model
 from sparring.objectives.pgd_at import PGDAT
+from sparring.runtime.checkpoint import load_weights, save_weights
+from sparring.runtime.compile import compiled, is_compiled, uncompiled
 from sparring.threat import LinfBall
 
 ATOL = 1e-5

@@ -21,9 +21,9 @@ import pytest
 import torch
 from _eval_fixtures import EVAL_SETTINGS, digits_mlp, digits_points
 
-from sparring.checkpoint import save_weights
 from sparring.errors import RunFolderError
 from sparring.evaluate import evaluate
+from sparring.runtime.checkpoint import save_weights
 from sparring.threat import LinfBall
 
 HERE = Path(__file__).parent

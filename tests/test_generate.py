@@ -80,8 +80,8 @@ def make():
 
 @pytest.mark.parametrize("gradients", ["autograd", "predicted"])
 def test_cli_attack_writes_the_file(problem, tmp_path, monkeypatch, capsys, gradients) -> None:
-    from sparring.checkpoint import save_weights
     from sparring.cli import main
+    from sparring.runtime.checkpoint import save_weights
 
     model, x, y = problem
     (tmp_path / "factory.py").write_text(FACTORY)

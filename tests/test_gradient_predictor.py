@@ -7,7 +7,7 @@ import torch
 
 from sparring.attacks import FGSM
 from sparring.errors import ConfigError, SparringError
-from sparring.prediction import GradientPredictor, Predicted
+from sparring.gradients import GradientPredictor, Predicted
 from sparring.threat import LinfBall
 
 EPS = 0.1

@@ -18,9 +18,9 @@ from transformers.utils import ModelOutput
 
 from sparring.attacks import PGD
 from sparring.integrations import AdversarialTrainer, BehaviourDataset, ChatCollator
-from sparring.integrations.hf_trainer import OBJECTIVE_STATE
 from sparring.language.cat import CAT
 from sparring.language.data import Behaviour, Utility
+from sparring.language.hf_trainer import OBJECTIVE_STATE
 from sparring.language.toy import word_tokenizer
 from sparring.language.warden import WARDEN
 from sparring.objectives.pgd_at import PGDAT

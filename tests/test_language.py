@@ -10,9 +10,9 @@ from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from sparring.attacks import FGSM, PGD
 from sparring.errors import ConfigError
+from sparring.gradients import GradientPredictor, Predicted, cosine
 from sparring.language import CausalLMTarget, TextClassifier, embedding_scale, topic_prompts
 from sparring.losses import cross_entropy
-from sparring.prediction import GradientPredictor, Predicted, cosine
 from sparring.threat import TokenL2Ball, TokenLinfBall
 
 KEEP = 4

@@ -17,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sparring.attacks import APGD, SignPGD
 from sparring.errors import ConfigError
+from sparring.gradients import GradientPredictor, Predicted
 from sparring.language import (
     CAPO,
     CAT,
@@ -33,7 +34,6 @@ from sparring.language import (
     word_tokenizer,
 )
 from sparring.losses import IGNORE, cross_entropy
-from sparring.prediction import GradientPredictor, Predicted
 from sparring.threat import TokenL2Ball
 
 TASK = safety_task(seed=0, train=96, test=24, utility=160, utility_test=16, benign=8)

@@ -12,9 +12,9 @@ from torch import nn
 from sparring.attacks import PGD
 from sparring.errors import ConfigError
 from sparring.losses import cross_entropy
-from sparring.manifold import ClassGenerators, fit_generators, manifold_distance
 from sparring.models.features import logits_and_features
 from sparring.objectives.mcat import MCAT, etf_penalty
+from sparring.objectives.mcat_manifold import ClassGenerators, fit_generators, manifold_distance
 from sparring.threat import L2Ball
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -17,11 +17,11 @@ from safetensors.torch import save_file
 from test_cli import one_error_line, run_main
 from torch import Tensor, nn
 
-from sparring.checkpoint import load_weights, save_weights
 from sparring.data import Dataset
 from sparring.errors import SparringError
 from sparring.models import build_model, with_normalization
 from sparring.models.loading import load_model
+from sparring.runtime.checkpoint import load_weights, save_weights
 
 SHAPE = (1, 8, 8)
 MEAN, STD = [0.25], [0.5]
@@ -146,7 +146,7 @@ def test_normalized_checkpoint_into_a_bare_model_loads_the_inner_model_and_says_
     inner = cnn(seed=0)
     torch.save(state(with_normalization(inner, MEAN, STD)), tmp_path / "wrapped.pt")
     target = cnn(seed=1)
-    with caplog.at_level(logging.WARNING, logger="sparring.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="sparring.runtime.checkpoint"):
         load_weights(target, tmp_path / "wrapped.pt")
     assert same_outputs(inner, target)
     assert "with_normalization" in caplog.text and "0.25" in caplog.text
@@ -394,7 +394,7 @@ def test_model_spec_errors_are_one_line(tmp_path, monkeypatch, spec, words):
 
 
 def test_unfinished_run_points_at_its_latest_checkpoint(tmp_path):
-    from sparring.checkpoint import CheckpointDir
+    from sparring.runtime.checkpoint import CheckpointDir
 
     model = cnn()
     CheckpointDir(tmp_path / "run" / "checkpoints").save(

@@ -38,7 +38,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from sparring.prediction import GradientPredictor
+from sparring.gradients import GradientPredictor
 
 D_IN = 20
 CLASSES = 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparring.errors import ConfigError, DataError
-from sparring.prediction import RidgeAccumulator, RidgeMap, choose_lambda, cosine, sign_agreement
+from sparring.gradients import RidgeAccumulator, RidgeMap, choose_lambda, cosine, sign_agreement
 
 
 def data(n: int = 300, p: int = 12, q: int = 5, noise: float = 0.0, seed: int = 0):

@@ -22,7 +22,7 @@ from sparring.errors import RunFolderError
 from sparring.evaluate import evaluate
 from sparring.experiment import check_run_dir, claim_run_dir, prepare_run_dir
 from sparring.generate import generate
-from sparring.run_folder import LOCK, MARKER, FolderInUseError, RunFolder, folder_lock, output_lock
+from sparring.runtime.run_folder import LOCK, MARKER, FolderInUseError, RunFolder, folder_lock, output_lock
 from sparring.threat import LinfBall
 
 FACTORY = """\
@@ -37,7 +37,7 @@ EVAL = ["eval", "--model", "factory.py:make", "--data", "digits", "--eps", "0.1"
 ATTACK = ["attack", "--model", "factory.py:make", "--data", "digits", "--attack", "fgsm", "--eps", "0.1", "-q"]
 HOLD = """\
 import sys, time
-from sparring.run_folder import folder_lock, output_lock
+from sparring.runtime.run_folder import folder_lock, output_lock
 with (output_lock if sys.argv[1] == "file" else folder_lock)(sys.argv[2]):
     print("locked", flush=True)
     time.sleep(120)
@@ -285,7 +285,7 @@ def test_lock_is_released_on_an_exception_and_held_by_rank_0_only(tmp_path, monk
             folder_lock(tmp_path / "a"):
         pass  # the same process, twice: the second refuses
     assert not (tmp_path / "a").exists()  # made by the lock, empty at the end: removed again
-    monkeypatch.setattr("sparring.eval_state.is_main_process", lambda: False)
+    monkeypatch.setattr("sparring.runtime.eval_state.is_main_process", lambda: False)
     with folder_lock(tmp_path / "b"):
         assert not (tmp_path / "b").exists()  # another rank: no lock (rank 0 holds it)
 

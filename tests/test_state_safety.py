@@ -21,10 +21,10 @@ from safetensors.torch import load_file
 from test_cli import run_main
 from torch import Tensor, nn
 
-from sparring.checkpoint import CheckpointDir
 from sparring.data import load_data
 from sparring.data.safe_pickle import UnsafePickleError, safe_load
 from sparring.errors import DataError, RunFolderError
+from sparring.runtime.checkpoint import CheckpointDir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -76,7 +76,7 @@ def test_a_damaged_latest_pointer_falls_back_to_the_newest_complete_folder(tmp_p
     ckpt = CheckpointDir(tmp_path)
     save(ckpt, model, optimizer, {1: True, 2: False})
     (tmp_path / "latest.json").write_text(POINTER_DAMAGE[damage])
-    with caplog.at_level(logging.WARNING, logger="sparring.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="sparring.runtime.checkpoint"):
         assert ckpt.latest() == tmp_path / "epoch-0002"
     assert str(tmp_path / "latest.json") in caplog.text and "epoch-0002" in caplog.text
     assert ckpt.best() == tmp_path / "epoch-0001"  # best.json is intact
@@ -88,7 +88,7 @@ def test_a_damaged_latest_pointer_with_no_complete_folder_means_no_checkpoint(tm
     save(ckpt, model, optimizer, {0: False})
     (tmp_path / "epoch-0000" / "model.safetensors").write_bytes(b"")
     (tmp_path / "latest.json").write_text("garbage")
-    with caplog.at_level(logging.WARNING, logger="sparring.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="sparring.runtime.checkpoint"):
         assert ckpt.latest() is None
     assert "no complete epoch folder remains" in caplog.text
 
@@ -126,7 +126,7 @@ def test_a_pointer_to_a_damaged_folder_falls_back_to_an_older_complete_one(tmp_p
         file.unlink()
     else:
         file.write_bytes(change(file.read_bytes()))
-    with caplog.at_level(logging.WARNING, logger="sparring.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="sparring.runtime.checkpoint"):
         assert ckpt.latest() == tmp_path / "epoch-0001"
     assert "epoch-0002" in caplog.text and name in caplog.text
 
@@ -137,7 +137,7 @@ def test_a_damaged_best_pointer_uses_the_best_epoch_in_the_metadata_and_keeps_th
     ckpt = CheckpointDir(tmp_path)
     save(ckpt, model, optimizer, {1: True, 2: False}, best_epoch=1)
     (tmp_path / "best.json").write_text("not json")
-    with caplog.at_level(logging.WARNING, logger="sparring.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="sparring.runtime.checkpoint"):
         assert ckpt.best() == tmp_path / "epoch-0001"
     assert str(tmp_path / "best.json") in caplog.text
     save(ckpt, model, optimizer, {3: False}, best_epoch=1)  # pruning must not take the best folder

@@ -12,8 +12,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
-from sparring import trackers
 from sparring.errors import ConfigError
+from sparring.runtime import trackers
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")

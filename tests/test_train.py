@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from sparring.attacks import PGD
-from sparring.checkpoint import CheckpointDir
 from sparring.errors import ConfigError, RunFolderError, SparringError
 from sparring.losses import cross_entropy
 from sparring.models import build_model
 from sparring.objectives import PGDAT, TRADES, Objective, ObjectiveOutput, Standard
+from sparring.runtime.checkpoint import CheckpointDir
 from sparring.threat import LinfBall
 from sparring.train import TrainConfig, Trainer, lr_factor
 

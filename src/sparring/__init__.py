@@ -9,8 +9,6 @@ The path of a batch: data → model → attack (threat model × optimizer × gra
 trainer, and evaluation → report. See DESIGN.md in the repository for the architecture.
 """
 
-__version__ = "0.1.0"
-
 from sparring.attacks import (  # noqa: E402
     APGD,
     FGSM,
@@ -31,6 +29,7 @@ from sparring.objectives import PGDAT, TRADES, FastAT, Objective, Standard  # no
 from sparring.shortcuts import attack, robust_accuracy  # noqa: E402
 from sparring.threat import L2Ball, LinfBall, ThreatModel  # noqa: E402
 from sparring.train import TrainConfig, Trainer  # noqa: E402
+from sparring.version import __version__  # noqa: E402
 
 __all__ = [
     "APGD", "APGDTargeted", "Square", "Cascade", "suite", "FGSM", "FGSMRS", "PGD", "Attack", "AttackResult",

@@ -167,10 +167,10 @@ def eval_(
     from sparring.attacks.cascade import SUITES
     from sparring.data import load_eval_data
     from sparring.errors import ConfigError
-    from sparring.eval_state import is_main_process
     from sparring.experiment import evaluate_model
     from sparring.models.fit import check_model_accepts
     from sparring.models.loading import load_model
+    from sparring.runtime.distributed import is_main_process
 
     threat = _threat(norm, eps, no_bounds)
     if suite not in SUITES:
@@ -182,7 +182,7 @@ def eval_(
     net = load_model(model, checkpoint=checkpoint, data=test)
     net.to(_device(device))
     if compile_model:  # dynamic shapes: cascades and early stopping attack shrinking subsets of a batch
-        from sparring.compile import compiled
+        from sparring.runtime.compile import compiled
 
         net = compiled(net, dynamic=None)
     cascade = [build(name.strip()) for name in attacks.split(",")] if attacks else suite
@@ -264,7 +264,7 @@ def attack(
 def _predicted(net: Any, saved: Path | None, layer: str | None, train: Any, out: Path, seed: int) -> Any:
     """The predicted gradient source: a saved predictor, or one calibrated on the training split."""
     from sparring.errors import ConfigError
-    from sparring.prediction import GradientPredictor, Predicted
+    from sparring.gradients import GradientPredictor, Predicted
 
     if saved is not None:
         return Predicted(GradientPredictor.load(saved))
@@ -343,7 +343,7 @@ def _progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int],
 
 def _print_version(value: bool) -> None:
     if value:
-        from sparring import __version__
+        from sparring.version import __version__
 
         typer.echo(f"sparring {__version__}")
         raise typer.Exit()
@@ -440,7 +440,7 @@ def _fail(exc: BaseException) -> int:
         return 2
     import traceback
 
-    from sparring import __version__
+    from sparring.version import __version__
 
     traceback.print_exception(exc, file=sys.stderr)
     console.print(

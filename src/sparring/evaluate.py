@@ -13,7 +13,7 @@ through the headline at ε by construction.
 
 The points are split into fixed batches, each with its own generators seeded by ``(seed, batch)``, so an
 evaluation can be resumed from its state folder and sharded across processes with identical numbers
-(:mod:`sparring.eval_state`). Checks (:mod:`sparring.checks`) never change a number: they mark it.
+(:mod:`sparring.runtime.eval_state`). Checks (:mod:`sparring.checks`) never change a number: they mark it.
 """
 
 from __future__ import annotations
@@ -38,17 +38,9 @@ from sparring.attacks.cascade import NOT_BROKEN, Cascade, as_cascade, check_atta
 from sparring.context import device_of, frozen_model
 from sparring.data import Dataset
 from sparring.errors import ConfigError, DataError
-from sparring.eval_state import (
-    EvalState,
-    Record,
-    batch_generator,
-    broadcast,
-    fingerprint,
-    gather_records,
-    my_batches,
-    world,
-)
 from sparring.progress import EvalBars, interactive
+from sparring.runtime.distributed import Record, broadcast, gather_records, my_batches, world
+from sparring.runtime.eval_state import EvalState, batch_generator, fingerprint
 from sparring.threat import ThreatModel
 
 log = logging.getLogger(__name__)

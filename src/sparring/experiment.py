@@ -2,7 +2,7 @@
 
 A run folder always holds the resolved ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (with the
 final ``model.safetensors`` and ``model.json``), ``report.json``, ``report.html`` and ``examples.npz``, and
-sparring's marker ``.sparring-run.json``; while a process writes it, its lock (:mod:`sparring.run_folder`).
+sparring's marker ``.sparring-run.json``; while a process writes it, its lock (:mod:`sparring.runtime.run_folder`).
 ``--overwrite`` clears only marked folders, and only the files sparring wrote. ``run_demo`` trains a
 standard and a PGD-AT small CNN on the embedded digits and writes a comparison page.
 """
@@ -23,23 +23,23 @@ import torch
 import yaml
 from torch import nn
 
-import sparring
-from sparring import trackers
 from sparring.attacks import Attack
-from sparring.checkpoint import save_weights
 from sparring.config import RunConfig, load_config
 from sparring.data import Dataset, load_data, long_tail
 from sparring.errors import RunFolderError, SparringError
-from sparring.eval_state import broadcast, is_main_process
 from sparring.evaluate import Evaluation, evaluate, long_tail_summary
 from sparring.files import atomic_write_json, atomic_write_text
 from sparring.models import build_model, with_normalization
 from sparring.models.fit import check_model_accepts
 from sparring.objectives import Objective
 from sparring.report import write_comparison, write_html, write_json
-from sparring.run_folder import MARKER, RunFolder, folder_lock, not_ours
+from sparring.runtime import trackers
+from sparring.runtime.checkpoint import save_weights
+from sparring.runtime.distributed import broadcast, is_main_process
+from sparring.runtime.run_folder import MARKER, RunFolder, folder_lock, not_ours
 from sparring.threat import ThreatModel
 from sparring.train import TrainConfig, Trainer, TrainResult
+from sparring.version import __version__
 
 log = logging.getLogger(__name__)
 Notify = Callable[[str], None]
@@ -226,7 +226,7 @@ def build_report(
             row["train_count"] = int(count)
     return {
         "schema_version": 1,
-        "sparring_version": sparring.__version__,
+        "sparring_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "run_name": run_name,
         "objective": objective["name"] if objective else "none (evaluation only)",

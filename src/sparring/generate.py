@@ -14,7 +14,7 @@ Killed and run again with the same arguments, it continues from the finished bat
 cannot be read back whole is recomputed); once the output is complete, the state's own files are removed,
 and the folder with them if nothing else is in it. The state folder carries sparring's marker: a non-empty
 ``adv.state/`` sparring did not create is refused, never written into. While it runs, ``adv.npz.lock``
-beside the output makes a second process writing the same file refuse (:mod:`sparring.run_folder`).
+beside the output makes a second process writing the same file refuse (:mod:`sparring.runtime.run_folder`).
 ``sparring attack`` is the command-line face of this module.
 """
 
@@ -36,10 +36,10 @@ from sparring.attacks import Attack
 from sparring.context import device_of
 from sparring.data import Dataset
 from sparring.errors import ConfigError, RunFolderError
-from sparring.eval_state import EvalState, batch_generator, fingerprint
 from sparring.files import atomic_write_npz
 from sparring.models.fit import check_model_accepts
-from sparring.run_folder import output_lock
+from sparring.runtime.eval_state import EvalState, batch_generator, fingerprint
+from sparring.runtime.run_folder import output_lock
 from sparring.threat import ThreatModel
 
 

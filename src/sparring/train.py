@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,20 +38,23 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
-from sparring import trackers
 from sparring.attacks import PGD, Attack
-from sparring.checkpoint import CheckpointDir
-from sparring.compile import compiled
+from sparring.data.epochs import EpochData, Rows, TensorData, as_is
 from sparring.errors import ConfigError, RunFolderError, SparringError
 from sparring.files import atomic_write_text
 from sparring.objectives import Objective, threat_of
-from sparring.objectives.base import walk
+from sparring.runtime import trackers
+from sparring.runtime.checkpoint import CheckpointDir
+from sparring.runtime.compile import compiled
+from sparring.runtime.trackers import check_trackers
 from sparring.threat import ThreatModel
-from sparring.trackers import check_trackers
 
 log = logging.getLogger(__name__)
+
+#: ``regularizer(model, x) → scalar`` added to every batch's loss (recommenders: ``reg_weight · model.regularization``).
+Regularizer = Callable[[nn.Module, Any], Tensor]
 
 
 @dataclass(kw_only=True)
@@ -70,11 +73,11 @@ class TrainConfig:
             stopping against robust overfitting) instead of the last ones; on by default with early
             stopping (None), off otherwise.
         holdout_size: held-out examples handed to ``objective.on_epoch_end`` (fast AT's CO detector).
-        compile: ``torch.compile`` the model (:func:`sparring.compile.compiled`, mode ``compile_mode``): the
+        compile: ``torch.compile`` the model (:func:`sparring.runtime.compile.compiled`, mode ``compile_mode``): the
             training steps and the attacks inside them run compiled. Pays off on GPUs and larger models, not on
             small CPU ones (compile time dominates; ``benchmarks/scaling.py``).
         trackers: experiment trackers through accelerate (``tensorboard``, ``mlflow``, ``wandb`` when
-            installed), written under ``<run>/trackers`` (:mod:`sparring.trackers`).
+            installed), written under ``<run>/trackers`` (:mod:`sparring.runtime.trackers`).
     """
 
     epochs: int = 10
@@ -176,12 +179,17 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 class Trainer:
-    """Train ``model`` with ``objective`` on ``(x, y)`` tensors; optionally checkpoint into ``out_dir``.
+    """Train ``model`` with ``objective`` on ``(x, y)`` tensors or any :class:`~sparring.data.epochs.EpochData`;
+    optionally checkpoint into ``out_dir``. Every domain trains here: recommenders hand over fresh negatives each
+    epoch and a regularizer, language models batches of chats.
 
     Args:
-        model: any classifier mapping inputs to logits.
+        model: any model the objective trains (a classifier mapping inputs to logits, a recommender, a causal LM).
         objective: a :class:`sparring.objectives.Objective` (per-example losses; the mean is trained).
-        train: training inputs and labels.
+        train: training inputs and labels, or an :class:`~sparring.data.epochs.EpochData` (rows that may change
+            every epoch, and batches that need not be tensors).
+        regularizer: ``regularizer(model, x) → scalar`` added to each batch's loss and logged as
+            ``train_regularizer`` (the objective's own loss as ``train_objective_loss``).
         val: validation inputs and labels for per-epoch clean / robust accuracy (and early stopping).
         val_threat: threat model of the robust validation pass (default: the objective's ``threat``).
         out_dir: run folder; ``metrics.jsonl`` and ``checkpoints/`` go there. None: nothing written.
@@ -193,12 +201,13 @@ class Trainer:
         *,
         model: nn.Module,
         objective: Objective,
-        train: tuple[Tensor, Tensor],
+        train: tuple[Tensor, Tensor] | EpochData,
         val: tuple[Tensor, Tensor] | None = None,
         config: TrainConfig | None = None,
         val_threat: ThreatModel | None = None,
         out_dir: Path | None = None,
         num_classes: int | None = None,
+        regularizer: Regularizer | None = None,
     ) -> None:
         self.cfg = config or TrainConfig()
         self.objective = objective
@@ -221,12 +230,11 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch_size is the global batch
             **trackers.accelerator_kwargs(self.cfg.trackers, self.out_dir),
         )
-        x, y = train
-        self.train_data = (x, y)
-        k = num_classes if num_classes is not None else int(y.max()) + 1 if len(y) else 0
-        self.class_counts = torch.bincount(y.long().cpu(), minlength=k).tolist()
-        self.sampler = EpochSampler(len(x), self.cfg.seed)
-        loader = DataLoader(TensorDataset(x, y), batch_size=self.cfg.batch_size, sampler=self.sampler)
+        self.data = train if isinstance(train, EpochData) else TensorData(*train, num_classes=num_classes)
+        self.regularizer = regularizer
+        self.class_counts = self.data.class_counts()
+        sampler = EpochSampler(len(self.data), self.cfg.seed) if self.data.shuffle else SequentialSampler(self.data)
+        loader = DataLoader(Rows(self.data), batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=as_is)
         optimizer = _make_optimizer(model, self.cfg)
         self.steps_per_epoch = math.ceil(len(loader) / self.cfg.grad_accumulation)
         total = self.cfg.epochs * self.steps_per_epoch
@@ -238,9 +246,7 @@ class Trainer:
         )
         if self.cfg.compile:  # after prepare, the order accelerate itself uses
             self.model = compiled(self.model, mode=self.cfg.compile_mode)
-        for inner in walk(objective):  # objectives that replay a batch (Free-AT) step it themselves, even wrapped
-            if hasattr(inner, "optimizer") and getattr(inner, "optimizer", None) is None:
-                inner.optimizer = self.optimizer
+        objective.bind_optimizer(self.optimizer)  # objectives that replay a batch (Free-AT) step it themselves
         self.checkpoints = CheckpointDir(self.out_dir / "checkpoints") if self.out_dir else None
 
     # ------------------------------------------------------------------ fit
@@ -259,7 +265,7 @@ class Trainer:
             trackers.start(self.accelerator, project=self.out_dir.name if self.out_dir else "sparring",
                            config=asdict(cfg))
         self.objective.on_train_begin(
-            self.model, class_counts=self.class_counts, epochs=cfg.epochs, train=self.train_data
+            self.model, class_counts=self.class_counts, epochs=cfg.epochs, train=self.data.tensors()
         )
         with self._progress() as progress:
             batches = len(self.loader)
@@ -297,10 +303,7 @@ class Trainer:
                 CheckpointDir.load(best, model=self._unwrapped())
             elif best is None and best_epoch != history[-1]["epoch"]:
                 log.warning("the checkpoint of the best epoch (%d) is gone: keeping the last weights", best_epoch)
-        events = [
-            {"epoch": e["epoch"], "kind": "catastrophic_overfitting", "detail": json.dumps(e)}
-            for e in getattr(self.objective, "events", [])
-        ]
+        events = self.objective.training_events()
         return TrainResult(
             history=history, best_epoch=best_epoch, stopped_early=stopped_early, events=events,
             time_s=time.perf_counter() - started,
@@ -313,30 +316,39 @@ class Trainer:
         # Through the prepared loader: accelerate's DataLoaderShard re-applies its own epoch counter
         # to the sampler on every __iter__, so setting the sampler directly would be overwritten.
         self.loader.set_epoch(epoch)
+        self.data.set_epoch(epoch)
         generator = torch.Generator(device=acc.device).manual_seed(self.cfg.seed * 100_003 + epoch + 1)
         loss_sum = torch.zeros((), device=acc.device)
         correct = torch.zeros((), device=acc.device)
         seen = 0
         extra: dict[str, Tensor] = {}
+        labelled = False  # batches with class labels the logits can be scored against (not chat batches)
         started = time.perf_counter()
         for x, y in self.loader:
             with acc.accumulate(model):
                 with acc.autocast():
                     out = self.objective(model, x, y, generator=generator)
-                loss = out.total()
+                    loss = out.total()
+                    if self.regularizer is not None:
+                        reg = self.regularizer(self._unwrapped(), x)
+                        out.metrics = {**out.metrics, "objective_loss": loss.detach(), "regularizer": reg.detach()}
+                        loss = loss + reg
                 acc.backward(loss)
                 if self.cfg.grad_clip is not None and acc.sync_gradients:
                     acc.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * len(y)
-            correct += (out.logits.detach().argmax(1) == y).sum()
+            rows = len(x)
+            loss_sum += loss.detach() * rows
+            if _labels_of(out.logits, y):
+                labelled = True
+                correct += (out.logits.detach().argmax(1) == y).sum()
             for key, value in out.metrics.items():
                 value = torch.as_tensor(value, dtype=torch.float32, device=acc.device)
                 if value.numel() == 1:  # per-example diagnostics (TRADES's kl_per_example) are not logged
-                    extra[key] = extra.get(key, 0.0) + value.reshape(()) * len(y)
-            seen += len(y)
+                    extra[key] = extra.get(key, 0.0) + value.reshape(()) * rows
+            seen += rows
             tick()
         if acc.num_processes > 1:  # one all-reduce per epoch: sums over the processes' shards
             names = sorted(extra)
@@ -351,7 +363,7 @@ class Trainer:
             "step": (epoch + 1) * self.steps_per_epoch,
             "lr": self.scheduler.get_last_lr()[0],
             "train_loss": float(loss_sum) / seen,
-            "train_accuracy": float(correct) / seen,
+            **({"train_accuracy": float(correct) / seen} if labelled else {}),
             "time_s": time.perf_counter() - started,
         }
         record.update({f"train_{k}": float(v) / seen for k, v in extra.items()})
@@ -360,8 +372,10 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self, epoch: int) -> dict[str, Any]:
-        if self.val is None:
-            return {}
+        if self.val is None:  # the objective's epoch hook still runs, without a held-out set
+            generator = torch.Generator(device=self.accelerator.device).manual_seed(self.cfg.seed + 7919 * (epoch + 1))
+            with torch.enable_grad(), self.accelerator.autocast():
+                return self.objective.on_epoch_end(self.model, epoch=epoch, holdout=None, generator=generator)
         device = self.accelerator.device
         x, y = (t[: self.cfg.val_size].to(device) for t in self.val)
         model = self.model
@@ -453,6 +467,11 @@ class Trainer:
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             transient=False,
         )
+
+
+def _labels_of(logits: Any, y: Any) -> bool:
+    """Whether ``y`` holds one class label per row of ``logits`` (B, K), so a training accuracy means something."""
+    return isinstance(y, Tensor) and isinstance(logits, Tensor) and logits.ndim == 2 and len(logits) == len(y)
 
 
 _RESUME_KEYS = ("history", "best_score", "best_epoch", "bad_epochs", "scheduler")

@@ -1,7 +1,8 @@
 """Attacks: each takes ``(model, x, y, threat)`` and returns an :class:`AttackResult`.
 
 ``available()`` lists the registered names; ``build(name, **settings)`` makes one from a name;
-``suite(name)`` gives a named evaluation cascade (``fast``, ``standard``, ``plus``).
+``suite(name)`` gives a named evaluation cascade (``fast``, ``standard``, ``plus``). Domain attacks (point clouds:
+``point_drop``, ``point_add``, ``knn``) register from their packages, loaded on the first lookup.
 """
 
 from __future__ import annotations
@@ -31,9 +32,3 @@ __all__ = [
     "APGD", "APGDTargeted", "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "PGD", "Problem", "SignPGD",
     "Square", "SUITES", "Cascade", "suite", "available", "build",
 ]
-
-# Domain attacks register themselves on import; last, since they import the modules above. sparring.models
-# first: it imports sparring.points.models, which needs sparring.models.base (importing the point package
-# first would enter that cycle from the other end).
-import sparring.models  # noqa: E402,F401
-import sparring.points.attacks  # noqa: E402,F401

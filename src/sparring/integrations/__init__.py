@@ -1,6 +1,7 @@
 """Integrations with other training stacks, each imported only when used (its package is an extra):
 
-* :mod:`.hf_trainer`: Hugging Face's ``transformers.Trainer`` with any sparring objective (``hf`` extra):
+* :mod:`sparring.language.hf_trainer`: Hugging Face's ``transformers.Trainer`` with any sparring objective
+  (``hf`` extra):
   ``AdversarialTrainer``, ``BehaviourDataset``, ``ChatCollator``.
 * :mod:`.lightning`: Lightning callbacks (``scale`` extra): ``AdversarialTraining`` turns any LightningModule's
   training step into adversarial training with any sparring objective; ``RobustEvaluation`` runs a sparring
@@ -23,6 +24,8 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
+#: The HF adapter lives with the language domain (its batches are ChatBatches); it is reached from here too.
+_MODULES = {"hf_trainer": "sparring.language.hf_trainer", "lightning": "sparring.integrations.lightning"}
 _WHAT = {"hf_trainer": "the Hugging Face Trainer adapter", "lightning": "the Lightning callbacks"}
 
 
@@ -31,6 +34,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'sparring.integrations' has no attribute {name!r}")
     module = _WHERE[name]
     try:
-        return getattr(importlib.import_module(f"sparring.integrations.{module}"), name)
+        return getattr(importlib.import_module(_MODULES[module]), name)
     except ModuleNotFoundError as exc:  # its package is an extra: one line naming the pip install
         raise missing_extra(exc, what=_WHAT[module]) from None

@@ -10,7 +10,7 @@ which the core attack *maximizes* as −L_adv, run targeted at the ``toward`` to
 the model greedily produce the whole target counts as a success and the best one (success first, then loss) is
 kept. Everything geometric is the core's :class:`~sparring.threat.TokenL2Ball` (budget ε per token, relative to
 the view's scale, on the user prompt's tokens only) and the optimizer any core attack, with any gradient
-source (autograd, or :class:`~sparring.prediction.Predicted`).
+source (autograd, or :class:`~sparring.gradients.Predicted`).
 
 Two presets, from the papers' code (methods.md §10.5, §10.6):
 

@@ -25,8 +25,8 @@ parameters require gradients.
 
 Gradient prediction: the view calls its submodule ``prompt_states`` (an identity) on the first decoder block's
 output at the prompt positions (B, P, D), token-aligned with an embedding-layer x, so a per-token
-:class:`~sparring.prediction.GradientPredictor` with ``layer="prompt_states"`` can be calibrated on the view and
-every attack can run on :class:`~sparring.prediction.Predicted` gradients (single-layer embedding views).
+:class:`~sparring.gradients.GradientPredictor` with ``layer="prompt_states"`` can be calibrated on the view and
+every attack can run on :class:`~sparring.gradients.Predicted` gradients (single-layer embedding views).
 """
 
 from __future__ import annotations

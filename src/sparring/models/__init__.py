@@ -31,7 +31,6 @@ from sparring.models.normalize import (
 from sparring.models.preact_resnet import PreActResNet18
 from sparring.models.small_cnn import SmallCNN
 from sparring.models.wide_resnet import WideResNet
-from sparring.points.models import DGCNN, PointNet  # point-cloud models live in their domain; registered here
 
 
 def available() -> list[str]:
@@ -102,11 +101,9 @@ __all__ = [
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "CNN1D",
-    "DGCNN",
     "MLP",
     "MODELS",
     "Normalize",
-    "PointNet",
     "PreActResNet18",
     "SmallCNN",
     "WideResNet",

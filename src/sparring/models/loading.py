@@ -49,12 +49,12 @@ def load_model(spec: str, *, checkpoint: Path | str | None = None, data: Dataset
     Args:
         spec: a run folder, a registered model name, ``MODULE:FACTORY``, ``file.py:FACTORY`` or a TorchScript
             file (see the module docstring).
-        checkpoint: weights to load (see :func:`sparring.checkpoint.load_weights`); for a run folder they
+        checkpoint: weights to load (see :func:`sparring.runtime.checkpoint.load_weights`); for a run folder they
             replace the folder's own.
         data: the data the model will see; its ``input_shape`` and ``num_classes`` shape a registered model and
             are checked against a run folder's ``model.json``.
     """
-    from sparring.checkpoint import load_weights
+    from sparring.runtime.checkpoint import load_weights
 
     spec = str(spec).strip()
     path = Path(spec)
@@ -142,7 +142,7 @@ def _run_model_json(path: Path) -> Path | None:
 
 
 def _not_a_run(path: Path, spec: str) -> str:
-    from sparring.checkpoint import CheckpointDir
+    from sparring.runtime.checkpoint import CheckpointDir
 
     latest = CheckpointDir(path / "checkpoints").latest() if (path / "checkpoints").is_dir() else None
     if latest is not None:
@@ -157,8 +157,8 @@ def _not_a_run(path: Path, spec: str) -> str:
 
 def _from_run(model_json: Path, data: Dataset | None) -> tuple[nn.Module, Path | None]:
     """The architecture ``model.json`` describes, and the weights file beside it (None if there is none)."""
-    from sparring.checkpoint import CheckpointDir
     from sparring.models import build_model, with_normalization
+    from sparring.runtime.checkpoint import CheckpointDir
 
     try:
         spec = json.loads(model_json.read_text(encoding="utf-8"))
@@ -196,7 +196,7 @@ def _from_registry(name: str, data: Dataset | None) -> nn.Module:
 
 def _from_file(path: Path) -> nn.Module:
     """A TorchScript archive; anything else gets a line saying what it is and where it goes."""
-    from sparring.checkpoint import checkpoint_format, read_state_dict
+    from sparring.runtime.checkpoint import checkpoint_format, read_state_dict
 
     if not path.is_file():
         raise SparringError(f"model file not found: {path}")

@@ -1,17 +1,14 @@
 """Training objectives: ``(model, x, y) → per-example losses + metrics``.
 
-``available()`` lists the registered names; ``build(name, **settings)`` makes one from a name.
+``available()`` lists the registered names; ``build(name, **settings)`` makes one from a name. The domains' objectives
+(``mapr``; ``apr``, ``uat_mc``; ``cat``, ``capo``, ``lat``, ``warden``, ``localalign``) register from their packages,
+loaded on the first lookup.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sparring.language.capo import CAPO  # the language domain's objectives, registered here
-from sparring.language.cat import CAT
-from sparring.language.lat import LAT
-from sparring.language.localalign import LocalAlign
-from sparring.language.warden import WARDEN
 from sparring.objectives.at_bsl import ATBSL
 from sparring.objectives.awp import AWP
 from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput, threat_of
@@ -26,8 +23,6 @@ from sparring.objectives.raat import RAAT
 from sparring.objectives.robustlt import RobustLT
 from sparring.objectives.standard import Standard
 from sparring.objectives.trades import TRADES
-from sparring.points.mapr import MAPR  # the point-cloud domain's objective, registered here
-from sparring.recsys.uat_mc import APR, UATMC  # the recommender domain's objectives, registered here
 
 
 def available() -> list[str]:
@@ -42,7 +37,7 @@ def build(name: str, **settings: Any) -> Objective:
 
 __all__ = [
     "OBJECTIVES", "Objective", "ObjectiveOutput", "Standard", "PGDAT", "TRADES", "FastAT", "PredictedFGSM",
-    "MART", "MAPR", "APR", "UATMC", "CAT", "CAPO", "LAT", "LocalAlign", "WARDEN", "ATBSL", "FreeAT", "DRO",
+    "MART", "ATBSL", "FreeAT", "DRO",
     "RobustLT", "AWP", "RAAT", "MCAT",
     "CatastrophicOverfittingWarning", "available", "build", "threat_of",
 ]

@@ -9,7 +9,9 @@ Lifecycle hooks, called by the :class:`~sparring.train.Trainer` (call them yours
 * :meth:`Objective.on_train_begin` once, with the training split's class counts, the number of epochs and
   the training tensors (long-tail methods need the counts, warm-ups the epochs, MCAT the data);
 * :meth:`Objective.on_epoch_begin` before each epoch (schedules such as RobustLT's budget warm-up);
-* :meth:`Objective.on_epoch_end` after each epoch (fast AT's catastrophic-overfitting detector).
+* :meth:`Objective.on_epoch_end` after each epoch (fast AT's catastrophic-overfitting detector);
+* :meth:`Objective.bind_optimizer` once with the trainer's optimizer (Free-AT steps it inside a call) and
+  :meth:`Objective.training_events` at the end (events the report lists).
 
 Each returns metrics to log (``on_train_begin`` returns nothing). By default every hook is forwarded to
 the objectives this one wraps (dataclass fields holding an :class:`Objective`, e.g. DRO's ``base``), so a
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -55,12 +57,20 @@ class ObjectiveOutput:
 class Objective(ABC):
     """Base class; subclasses are keyword-only dataclasses registered in ``OBJECTIVES``.
 
-    ``inputs`` names the inputs the objective trains on: ``"any"`` tensor, or a domain's (``"points"``:
-    clouds (B, N, 3)); the contract tests pick their model and batch by it.
+    Contract flags (class attributes; the contract tests and the run pipeline read them):
+
+    * ``inputs``: what the objective trains on: ``"any"`` tensor, or a domain's (``"points"``: clouds (B, N, 3);
+      ``"recsys"``: (user, positive, negative) triples; ``"chat"``: a language ChatBatch). The contract tests pick
+      their model and batch by it; a run config refuses an objective of another domain.
+    * ``batch_dependent``: a row's loss depends on its batch mates (batch statistics, batch-normalized weights),
+      so the batch-independence contract does not apply.
+    * ``reduces_to_clean_ce``: at ε = 0 (no perturbation) the loss is the clean cross-entropy.
     """
 
     name: ClassVar[str]
-    inputs: ClassVar[str] = "any"
+    inputs: ClassVar[Literal["any", "points", "recsys", "chat"]] = "any"
+    batch_dependent: ClassVar[bool] = False
+    reduces_to_clean_ce: ClassVar[bool] = True
 
     @abstractmethod
     def __call__(
@@ -99,6 +109,17 @@ class Objective(ABC):
         for inner in self.wrapped():
             out.update(inner.on_epoch_end(model, epoch=epoch, holdout=holdout, generator=generator))
         return out
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once by the Trainer with its optimizer. An objective that steps the model itself inside a call
+        (Free-AT's batch replays) keeps it; the default forwards it to the wrapped objectives."""
+        for inner in self.wrapped():
+            inner.bind_optimizer(optimizer)
+
+    def training_events(self) -> list[dict[str, Any]]:
+        """Events the training report lists, each ``{"epoch", "kind", "detail"}`` (fast AT's catastrophic
+        overfitting); the default collects the wrapped objectives'."""
+        return [event for inner in self.wrapped() for event in inner.training_events()]
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable state that must survive a resume (default: the wrapped objectives', by field)."""

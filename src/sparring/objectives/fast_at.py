@@ -14,6 +14,7 @@ metrics and ``events``) and a :class:`CatastrophicOverfittingWarning` is raised 
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -88,6 +89,9 @@ class FastAT(Objective):
             warnings.warn(message, CatastrophicOverfittingWarning, stacklevel=2)
         self.best_holdout_accuracy = accuracy if best is None else max(best, accuracy)
         return out
+
+    def training_events(self) -> list[dict[str, Any]]:
+        return [{"epoch": e["epoch"], "kind": "catastrophic_overfitting", "detail": json.dumps(e)} for e in self.events]
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_holdout_accuracy": self.best_holdout_accuracy, "events": list(self.events)}

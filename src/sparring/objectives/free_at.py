@@ -18,7 +18,7 @@ backward and the optimizer step, so each call is one replay: the call returns th
 the next call first applies ``δ ← Π_ε(δ + ε · sign(δ.grad))`` (the same update, applied just before the
 next forward rather than just after the backward). The m replays then come from one of two places:
 
-* the optimizer is bound: :class:`~sparring.train.Trainer` binds its own when it is built (so YAML
+* the optimizer is bound: :class:`~sparring.train.Trainer` binds its own through :meth:`bind_optimizer` (so YAML
   configs work), or set ``objective.optimizer`` to any ``torch.optim.Optimizer`` in a loop of your own:
   the call runs the first m − 1 replays itself (zero grad, forward, backward, step) and returns the m-th
   for the trainer's own backward and step. These inner steps bypass the trainer's gradient clipping,
@@ -92,6 +92,11 @@ class FreeAT(Objective):
         self._leaf = leaf
         logits = model(self.threat.clip_box(x + leaf))
         return cross_entropy(logits, y), logits
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.optimizer is None:  # one set by hand wins
+            self.optimizer = optimizer
+        super().bind_optimizer(optimizer)
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None

@@ -4,7 +4,7 @@ Long-Tailed Robustness via Geometric Alignment", arXiv 2605.02183).
     x' = MS-PGD:   max_{x' ∈ B(x,ε)}  CE(f(x'), y) − λ · d_{M_y}(φ(x'))
     L_i = CE(f(x'_i), y_i) + λ_man · d_{M_{y_i}}(φ(x'_i)) + β · R_ETF(W)
 
-    d_{M_y}(u) = min_z ‖u − G_y(z)‖²                          (per-class feature generators, ``sparring.manifold``)
+    d_{M_y}(u) = min_z ‖u − G_y(z)‖²                          (per-class feature generators, ``mcat_manifold``)
     R_ETF(W)   = mean_ij (Ŵ Ŵᵀ − M)²,   Ŵ = rows of W normalized,   M = 1 on the diagonal, −1/(C−1) off it
 
 φ(x) is the penultimate feature (the head's input) and W (C, d) the head's weight. The attack is penalized for leaving
@@ -16,7 +16,7 @@ objective.
 Paper defaults (Table 8): ε = 8/255, PGD-10 of step 2/255 (= ε/4 here), λ = λ_man = 0.1, β = 3e-3, generators
 d_z = 128 → 1024 → 1024 → 512 fitted 10 epochs with Adam 1e-3, batch 256, T_z = 5 latent steps of lr 0.1. The
 generator sizes default to the released code's (64 → 256 → 256 → 512), scaled down for narrower features
-(``sparring.manifold``); ``latent_dim=128, gen_hidden=1024`` gives the paper's.
+(``sparring.objectives.mcat_manifold``); ``latent_dim=128, gen_hidden=1024`` gives the paper's.
 
 The released code (``mcat/trainer.py``) differs; ``code_compat=True`` reproduces it:
 
@@ -57,9 +57,9 @@ from sparring.attacks import PGD, Attack
 from sparring.context import device_of, frozen_model
 from sparring.errors import ConfigError
 from sparring.losses import cross_entropy
-from sparring.manifold import FITS, ClassGenerators, manifold_distance
 from sparring.models.features import classifier_head, logits_and_features
 from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
+from sparring.objectives.mcat_manifold import FITS, ClassGenerators, manifold_distance
 from sparring.objectives.pgd_at import attack_metrics
 from sparring.threat import LinfBall, ThreatModel
 
@@ -91,7 +91,7 @@ class MCAT(Objective):
         lambda_manifold: λ_man, the manifold term of the outer loss (paper 0.1; the code has none).
         beta: β, the ETF weight (paper 3e-3; code ``beta_g`` 1.0).
         fit: how the class generators are fitted: ``"autoencoder"``, ``"glo"`` or ``"mse"`` (the code's).
-        latent_dim, gen_hidden: generator sizes (default: scaled to the feature width, see ``sparring.manifold``).
+        latent_dim, gen_hidden: generator sizes (default: scaled to the feature width, see ``mcat_manifold``).
         gen_epochs, gen_lr, gen_batch_size: the generator fit (paper: 10, Adam 1e-3, 256). On small data raise
             ``gen_epochs``: 10 passes over a thousand features are only 40 Adam steps.
         latent_steps, latent_lr: T_z steps of the latent projection and their step size (paper/code: 5, 0.1).

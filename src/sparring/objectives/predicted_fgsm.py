@@ -9,7 +9,7 @@ is better than free", ICLR 2020).
     every N-th step t:  g = ∇ₓ CE(f(x₀), y) (one true backward, used for that step's FGSM),
                         S ← decay · S + pairs(x₀, g),   W_t = ridge(S)   (λ kept from calibration)
 
-The ridge sums ``S`` and the map ``W`` are :class:`~sparring.prediction.GradientPredictor`'s. Warm-up:
+The ridge sums ``S`` and the map ``W`` are :class:`~sparring.gradients.GradientPredictor`'s. Warm-up:
 until ``calibration_points`` examples have been seen, the steps are exact FGSM-RS (true gradient) and
 their random starts are kept; then the predictor is calibrated on them (λ on a held-out 20%: one
 forward and backward per kept example, once) and every later step uses ``Predicted(predictor,
@@ -70,12 +70,12 @@ from torch import Tensor, nn
 from sparring.attacks import FGSM
 from sparring.context import frozen_model
 from sparring.errors import ConfigError
+from sparring.gradients import GradientPredictor, Predicted, tap
+from sparring.gradients.predicted import MODES
 from sparring.losses import cross_entropy
 from sparring.objectives.base import OBJECTIVES, Objective, ObjectiveOutput
 from sparring.objectives.fast_at import FastAT
 from sparring.objectives.pgd_at import attack_metrics
-from sparring.prediction import GradientPredictor, Predicted, tap
-from sparring.prediction.predictor import MODES
 from sparring.threat import LinfBall, ThreatModel
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class PredictedFGSM(Objective):
         layer: module path of the hidden layer the gradient is predicted from; None: the module whose
             output is the input of the model's last ``nn.Linear``.
         mode: the predictor's feature map: ``"residual"`` (r ⊗ [h, 1], r = ∂CE/∂logits), ``"label"`` or
-            ``"direct"`` (see :mod:`sparring.prediction.predictor`).
+            ``"direct"`` (see :mod:`sparring.gradients.predicted`).
         rel_step: α / ε (1.25: FGSM-RS).
         refit_every: N; every N-th predicted step spends one true backward on its batch and refits.
             0: never refit after the calibration.
@@ -139,8 +139,11 @@ class PredictedFGSM(Objective):
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        """Catastrophic-overfitting events (the trainer reports them)."""
+        """Catastrophic-overfitting events (:meth:`training_events` reports them)."""
         return self._monitor.events
+
+    def training_events(self) -> list[dict[str, Any]]:
+        return self._monitor.training_events()
 
     def describe(self) -> dict[str, Any]:
         """The settings only (the training state, steps and predictor, is not a setting)."""

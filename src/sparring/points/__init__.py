@@ -7,6 +7,7 @@ Point clouds are tensors (B, N, 3) of xyz coordinates, or (B, N, 3 + F) with per
 coordinates. Attacks move the coordinates through the same core as images.
 """
 
+import sparring.points.attacks  # noqa: F401  (registers point_drop, point_add, knn)
 from sparring.points.data import (
     SHAPES,
     farthest_point_sample,
@@ -35,11 +36,12 @@ from sparring.points.geometry import (
     tangent_jitter,
     with_features,
 )
+from sparring.points.mapr import MAPR
 from sparring.points.models import DGCNN, PointNet
 from sparring.points.threat import PointSet
 
 __all__ = [
-    "DGCNN", "IntrinsicFeatures", "OutlierRemoval", "PointNet", "PointSet", "RandomResampling", "SHAPES",
+    "DGCNN", "IntrinsicFeatures", "MAPR", "OutlierRemoval", "PointNet", "PointSet", "RandomResampling", "SHAPES",
     "farthest_point_sample", "features_detached", "fill_removed", "gather_points", "intrinsic_features", "knn",
     "load_modelnet40", "load_scanobjectnn", "load_shapes", "local_pca", "nearest_kept", "normalize_unit_sphere",
     "normals", "procedural_shapes", "random_sample", "surface_variation", "tangent_jitter", "with_features",

@@ -34,8 +34,6 @@ import torch
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-import sparring
-from sparring.checkpoint import save_weights
 from sparring.config import RunName, _first_error, _Strict, build_component, reject_unknown_settings
 from sparring.errors import ConfigError
 from sparring.experiment import claim_run_dir
@@ -48,6 +46,8 @@ from sparring.recsys.promotion import PromotionAttack, anchor_users, pick_target
 from sparring.recsys.report import write_recsys_html
 from sparring.recsys.train import fit
 from sparring.report import write_json
+from sparring.runtime.checkpoint import save_weights
+from sparring.version import __version__
 
 Notify = Callable[[str], None]
 TASK = "recsys"
@@ -251,7 +251,7 @@ def run_recsys(
         report = {
             "schema_version": 1,
             "task": TASK,
-            "sparring_version": sparring.__version__,
+            "sparring_version": __version__,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "run_name": config.name or out.name,
             "data": data.describe(),

@@ -3,7 +3,7 @@
 Calibration (the only backward passes): for calibration inputs, one forward pass records the hidden
 state ``h_ℓ`` of the layer named ``layer`` (its module path, e.g. ``"features.3"`` or
 ``"model.layers.1"``) with a forward hook, one backward pass gives the true input gradient ``g``; a ridge
-map ``features(h) ↦ ĝ`` is fitted by :class:`~sparring.prediction.ridge.RidgeAccumulator`, λ chosen on
+map ``features(h) ↦ ĝ`` is fitted by :class:`~sparring.gradients.ridge.RidgeAccumulator`, λ chosen on
 held-out cosine similarity. :meth:`GradientPredictor.update` refits on new pairs (older ones decayed),
 so the map can follow a model that changes during training.
 
@@ -49,9 +49,9 @@ from torch import Tensor, nn
 
 from sparring.context import device_of, frozen_model
 from sparring.errors import ConfigError, DataError, SparringError
-from sparring.gradients import Autograd, GradientStep
+from sparring.gradients.autograd import Autograd, GradientStep
+from sparring.gradients.ridge import DEFAULT_LAMBDAS, RidgeAccumulator, RidgeMap, choose_lambda, cosine, sign_agreement
 from sparring.losses import LossFn, get_loss
-from sparring.prediction.ridge import DEFAULT_LAMBDAS, RidgeAccumulator, RidgeMap, choose_lambda, cosine, sign_agreement
 
 MODES = ("residual", "label", "direct")
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sparring
 from sparring.errors import RunFolderError
 from sparring.files import atomic_write_json
+from sparring.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class RunFolder:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         folder = cls(Path(path))
         atomic_write_json(folder.marker_path, {
-            "sparring_version": sparring.__version__, "run_id": uuid.uuid4().hex,
+            "sparring_version": __version__, "run_id": uuid.uuid4().hex,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "kind": kind,
         })
         return folder
@@ -177,7 +177,7 @@ def output_lock(path: Path | str) -> Iterator[Path]:
 
 
 def _main_process() -> bool:
-    from sparring.eval_state import is_main_process  # (eval_state imports this module)
+    from sparring.runtime.distributed import is_main_process
 
     return is_main_process()
 

@@ -10,7 +10,7 @@ it or when. That makes two things simple:
   instead of recomputed, and the final numbers are the same as an uninterrupted run's. A state folder
   with another fingerprint is never mixed in: it is an error unless the caller starts afresh. A record
   that cannot be read back whole (truncated, corrupted, not this batch's) is recomputed, with a warning.
-  The folder carries sparring's marker (:mod:`sparring.run_folder`): a non-empty folder without it is
+  The folder carries sparring's marker (:mod:`sparring.runtime.run_folder`): a non-empty folder without it is
   never written into, and starting afresh deletes only the state's own files.
 * **Sharding.** Under ``torch.distributed`` (``torchrun`` or ``accelerate launch``; gloo on CPU, NCCL
   on GPU), rank ``r`` of ``w`` takes batches ``b ≡ r (mod w)``; the records are gathered on every rank,
@@ -19,14 +19,12 @@ it or when. That makes two things simple:
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import logging
-import os
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,8 @@ from torch import Tensor, nn
 
 from sparring.errors import RunFolderError
 from sparring.files import atomic_write_json, atomic_write_npz
-from sparring.run_folder import MARKER, RunFolder, not_ours
+from sparring.runtime.distributed import broadcast, is_main_process
+from sparring.runtime.run_folder import MARKER, RunFolder, not_ours
 
 log = logging.getLogger(__name__)
 Record = dict[str, Any]
@@ -178,66 +177,3 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
 def batch_generator(device: torch.device | str, seed: int, batch: int, stream: int = 0) -> torch.Generator:
     """The generator of one (batch, stream) pair: independent of process, order and resumption."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch) * 10_007 + stream + 1)
-
-
-# ----------------------------------------------------------------------------- distributed
-def world() -> tuple[int, int]:
-    """(rank, world size): from an initialized process group, else from torchrun's environment, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        init_process_group()
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def init_process_group() -> None:
-    """Join the group ``torchrun`` / ``accelerate launch`` describe in the environment (gloo on CPU, NCCL on GPU)."""
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        backend = "nccl"
-    else:
-        backend = "gloo"
-    torch.distributed.init_process_group(backend=backend)  # env://: RANK, WORLD_SIZE, MASTER_ADDR/PORT
-    # A process group still alive at interpreter exit can abort the process ("terminate called without an
-    # active exception" from gloo's threads): the group we opened is closed on the way out.
-    atexit.register(_close_process_group)
-
-
-def _close_process_group() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def is_main_process() -> bool:
-    return world()[0] == 0
-
-
-def barrier() -> None:
-    if world()[1] > 1:
-        torch.distributed.barrier()
-
-
-def my_batches(n_batches: int) -> list[int]:
-    rank, size = world()
-    return list(range(rank, n_batches, size))
-
-
-def gather_records(records: Iterable[Record]) -> list[Record]:
-    """Every rank's batch records, on every rank, sorted by batch."""
-    mine = list(records)
-    rank, size = world()
-    if size == 1:
-        return sorted(mine, key=lambda r: r["batch"])
-    gathered: list[list[Record] | None] = [None] * size
-    torch.distributed.all_gather_object(gathered, mine)
-    return sorted((r for part in gathered for r in part or []), key=lambda r: r["batch"])
-
-
-def broadcast(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank."""
-    if world()[1] == 1:
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
