@@ -2,10 +2,10 @@
 
 On the synthetic planted set (500 users, 300 items, visual- and text-driven user groups; generated per seed) or on
 MMRec-format data (``--mmrec ROOT``), each (architecture, seed, method) is trained by ``sparring.recsys.train.fit``
-and evaluated by full ranking (Recall@20, NDCG@10 on the test split, training and validation items masked) and by
-FGSM and PGD promotion attacks (``methods.md`` §7.3: top-50 hinge over a random 40% of users, 100 random targets
-per seed, plus the cold (≤ 5 interactions) and hot (≥ 50) targets at ε = 0.05) at ε ∈ {0.025, 0.05, 0.1}: the
-targets' mean HR@50 over anchors after the attack.
+(the core Trainer) and evaluated by full ranking (Recall@20, NDCG@10 on the test split, training and validation
+items masked) and by FGSM and PGD promotion attacks (``methods.md`` §7.3: top-50 hinge over a random 40% of users,
+100 random targets per seed, plus the cold (≤ 5 interactions) and hot (≥ 50) targets at ε = 0.05) at
+ε ∈ {0.025, 0.05, 0.1}: the targets' mean HR@50 over anchors after the attack.
 
 Methods and their settings (``methods.md`` §7.5): ``standard`` (BPR); ``uat_mc`` with the VBPR-Baby config for VBPR
 (ε 0.05, w_adv 5, γ 4) and the MMGCN-Baby config for MMGCN (ε 0.1, w_adv 6, γ 0.1); ``apr``: the same with γ = 0.

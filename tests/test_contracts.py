@@ -314,7 +314,7 @@ LT_COUNTS = [40, 30, 22, 16, 12, 9, 7, 5, 4, 3]
 
 def objective_domain(name: str) -> Domain:
     """The model and batch an objective trains on, by its ``inputs`` (``"any"``: the image CNN)."""
-    inputs = getattr(objectives.OBJECTIVES.get(name), "inputs", "any")
+    inputs = objectives.OBJECTIVES.get(name).inputs
     assert inputs in DOMAINS, f"objective {name!r} declares inputs={inputs!r}; the contract tests know {list(DOMAINS)}"
     return DOMAINS[inputs]
 
@@ -334,7 +334,7 @@ def built(name: str, model: nn.Module) -> objectives.Objective:
 
 # MART's boosted loss is not CE at ε = 0 (it adds −log(1 − max_{k≠y} p_k)); its own tests check ε = 0.
 ADVERSARIAL_OBJECTIVES = [n for n in objectives.available() if hasattr(objectives.build(n), "threat")
-                          and getattr(objectives.OBJECTIVES.get(n), "reduces_to_clean_ce", True)]
+                          and objectives.OBJECTIVES.get(n).reduces_to_clean_ce]
 
 
 @pytest.mark.parametrize("name", objectives.available())
@@ -371,7 +371,7 @@ class TestObjectiveContract:
 
     def test_batch_independence(self, name: str) -> None:
         d = objective_domain(name)
-        if getattr(objectives.OBJECTIVES.get(name), "batch_dependent", False):
+        if objectives.OBJECTIVES.get(name).batch_dependent:
             pytest.skip(f"{name} is batch-dependent by design (documented in its module); its own tests cover it")
         model = d.model(batch_norm=False, dropout=False)
         x, y = d.batch(0)

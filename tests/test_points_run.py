@@ -91,8 +91,24 @@ def test_evaluate_under_the_point_set_threat():
 def test_the_example_point_cloud_config_is_valid():
     from pathlib import Path
 
-    from sparring.config import load_config
+    from sparring.config import load_any_config
+    from sparring.points.task import PointsRunConfig
 
     path = Path(__file__).resolve().parents[1] / "examples" / "configs" / "pointcloud_mapr.yaml"
-    cfg = load_config(path)
+    cfg = load_any_config(path)
+    assert isinstance(cfg, PointsRunConfig) and cfg.task == "points"
     assert cfg.model.settings()["intrinsic"] is True and cfg.build_objective().name == "mapr"
+
+
+def test_the_points_task_runs_with_point_cloud_defaults(tmp_path):
+    """`task: points` alone picks the shapes, PointNet and a box-free threat; its report says task points."""
+    from sparring.config import load_any_config
+
+    path = tmp_path / "points.yaml"
+    path.write_text("task: points\nobjective: {name: mapr}\ntrain: {epochs: 1, batch_size: 64, val_size: 32}\n"
+                    "eval: {suite: fast, max_samples: 16, eps_curve: [0.0, 0.02]}\n")
+    cfg = load_any_config(path)
+    assert (cfg.data.source, cfg.model.name, cfg.eval.threat.bounds) == ("shapes", "pointnet", None)
+    report = run_experiment(cfg, tmp_path / "run", progress=False)
+    assert report["task"] == "points" and report["threat"]["bounds"] is None
+    assert (tmp_path / "run" / "report.html").is_file()

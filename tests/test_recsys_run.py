@@ -17,8 +17,8 @@ from test_cli import one_error_line, run_main  # the in-process CLI runner of th
 
 from sparring.config import load_any_config, load_config, parse_config
 from sparring.errors import ConfigError
-from sparring.recsys.experiment import RecRunConfig, parse_rec_config, run_recsys
 from sparring.recsys.report import load_recsys_report, promotion_figure, render_recsys_report
+from sparring.recsys.task import RecRunConfig, parse_rec_config, run_recsys
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "configs" / "recsys_uat_mc.yaml"
 
@@ -76,9 +76,10 @@ def test_run_folder_has_every_file(run):
 def test_metrics_jsonl_has_one_line_per_epoch_with_the_cosines(run):
     out, _ = run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == [0, 1]  # the core Trainer's lines: 0-based epochs, train_* metrics
     for row in rows:
-        for key in ("loss", "objective_loss", "reg", "grad_cosine", "delta_cosine", "adv_bpr", "time_s"):
+        for key in ("train_loss", "train_objective_loss", "train_regularizer", "train_grad_cosine",
+                    "train_delta_cosine", "train_adv_bpr", "time_s"):
             assert np.isfinite(row[key]), key
 
 
@@ -120,6 +121,75 @@ def test_resolved_config_reproduces_the_config(run, tmp_path):
     config = load_any_config(out / "config.yaml")
     assert isinstance(config, RecRunConfig)
     assert config.train.lr == 1e-3 and config.objective["name"] == "uat_mc" and config.eval.promotion.k == 10
+
+
+def weights(run: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "checkpoints" / "model.safetensors"))
+
+
+def weights_of_bytes(data: bytes) -> dict[str, Any]:
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["epoch"], r["train_loss"]) for r in rows]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, single_thread):
+    """A run killed after its 2nd epoch's checkpoint, then run again with resume, ends with the uninterrupted run's
+    weights and per-epoch losses (the core Trainer's checkpoints; each epoch's negatives depend on (seed, epoch))."""
+    from sparring.runtime.checkpoint import CheckpointDir
+
+    config = parse_rec_config(tiny(train={"epochs": 4}, eval={"ks": [5, 10], "promotion": None}))
+    whole = run_recsys(config, tmp_path / "whole", progress=False)
+    assert whole is not None and whole["training"]["epochs"] == 4 and whole["threat"] is None
+
+    save = CheckpointDir.save
+
+    def save_then_die(self, **kwargs):
+        path = save(self, **kwargs)
+        if kwargs["epoch"] == 1:
+            raise KeyboardInterrupt  # killed once the checkpoint of epoch 1 (the 2nd) is complete
+        return path
+
+    monkeypatch.setattr(CheckpointDir, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_recsys(config, tmp_path / "killed", progress=False)
+    monkeypatch.undo()
+    assert [epoch for epoch, _ in losses(tmp_path / "killed")] == [0, 1]
+    assert not (tmp_path / "killed" / "report.json").exists()
+
+    resumed = run_recsys(config, tmp_path / "killed", resume=True, progress=False)
+    assert resumed is not None and resumed["training"]["epochs"] == 4
+    assert losses(tmp_path / "killed") == losses(tmp_path / "whole")
+    assert [epoch for epoch, _ in losses(tmp_path / "whole")] == [0, 1, 2, 3]
+    assert same_weights(weights(tmp_path / "whole"), weights(tmp_path / "killed"))
+    assert resumed["training"]["loss"] == whole["training"]["loss"]
+    assert resumed["ranking"] == whole["ranking"]
+
+
+def test_threat_and_view_are_registered(run):
+    from sparring.report.views import VIEWS, view_of
+    from sparring.tasks import TASKS
+
+    out, report = run
+    assert report["threat"] == {"kind": "promotion", "eps": [0.05, 0.1], "methods": ["fgsm", "pgd"]}
+    assert TASKS.get("recsys").config_type is RecRunConfig
+    assert view_of(out) is VIEWS.get("recsys")
+    figures = VIEWS.get("recsys").headline(report)
+    assert set(figures) == {"Recall@10", "NDCG@10", "worst post-attack HR@k"}  # ks [5, 10]: the nearest to 20
+    assert all(value is None or 0.0 <= value <= 1.0 for value in figures.values())
 
 
 def test_promotion_figure_draws_one_panel_per_kind():
@@ -171,7 +241,7 @@ def test_task_dispatch(tmp_path):
     with pytest.raises(ConfigError, match="task"):
         parse_config(tiny())
     path.write_text(yaml.safe_dump({**tiny(), "task": "ranking"}))
-    with pytest.raises(ConfigError, match="task: must be classification or recsys"):
+    with pytest.raises(ConfigError, match="task: must be one of .*recsys"):
         load_any_config(path)
 
 
@@ -218,8 +288,12 @@ def test_cli_train_then_report(tmp_path, monkeypatch, capsys, single_thread):
     assert code == 0, err
     assert (tmp_path / "trained" / "checkpoints" / "model.safetensors").is_file()
     assert not (tmp_path / "trained" / "report.json").exists()
-    code, _, err = run_main(["train", "rec.yaml", "--out", "trained", "--resume"], tmp_path, monkeypatch, capsys)
-    assert code == 2 and "--resume" in one_error_line(err)
+    before = (tmp_path / "trained" / "checkpoints" / "model.safetensors").read_bytes()
+    # A recommender run trains through the core Trainer, so --resume continues it (here: nothing left to train).
+    code, _, err = run_main(["train", "rec.yaml", "--out", "trained", "--resume", "-q"], tmp_path, monkeypatch,
+                            capsys)
+    assert code == 0, err
+    assert same_weights(weights(tmp_path / "trained"), weights_of_bytes(before))
 
 
 def test_cli_report_rerenders_a_recsys_run(run, tmp_path, monkeypatch, capsys):

@@ -50,11 +50,10 @@ def _notify(message: str) -> None:
 
 
 def _show(report: dict[str, Any], folder: Path) -> None:
-    from sparring.recsys.report import is_recsys_report
-    from sparring.recsys.report import summary_table as recsys_table
-    from sparring.report import summary_table
+    """The summary table of the report's task (its view), then where its page is."""
+    from sparring.report.views import DEFAULT_TASK, VIEWS
 
-    out_console.print(recsys_table(report) if is_recsys_report(report) else summary_table(report))
+    out_console.print(VIEWS.get(report.get("task", DEFAULT_TASK)).summary_table(report))
     out_console.print(f"report: {folder / 'report.html'}")
 
 
@@ -77,17 +76,12 @@ ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue a killed 
 
 
 def _run_config(config: Path, out: Path | None, **kwargs: Any) -> tuple[dict[str, Any] | None, Path]:
+    """Read the config of whichever task it names and run it through the one pipeline."""
     from sparring.config import load_any_config
-    from sparring.errors import ConfigError
     from sparring.experiment import run_experiment
-    from sparring.recsys.experiment import RecRunConfig, run_recsys
 
     cfg = load_any_config(config)
     folder = out or _default_run_folder(config, cfg.name)
-    if isinstance(cfg, RecRunConfig):
-        if kwargs.pop("resume", False):
-            raise ConfigError("--resume is not supported for recommender (task: recsys) runs; run it again")
-        return run_recsys(cfg, folder, notify=_notify, **kwargs), folder
     return run_experiment(cfg, folder, notify=_notify, **kwargs), folder
 
 
@@ -366,9 +360,17 @@ def compare(
         typer.Option("--out", help="Page to write; an existing file is replaced only if sparring compare wrote it."),
     ] = Path("comparison.html"),
 ) -> None:
-    """Compare runs: a table per threat model (norm, ε, box) here and an HTML page with their ε-curves."""
+    """Compare runs: a table per threat model (norm, ε, box) here and an HTML page with their ε-curves; runs of
+    other tasks (recsys, language) side by side by their headline figures, a table per task."""
     from sparring.report import compare_runs, comparison_table, write_comparison
+    from sparring.report.views import CLASSIFIER_TASKS, compare_headlines, task_of_report
 
+    if any(task_of_report(d) not in CLASSIFIER_TASKS for d in run_dirs):
+        page, tables = compare_headlines(run_dirs, out)
+        for table in tables:
+            out_console.print(table)
+        out_console.print(f"comparison: {page}")
+        return
     page = write_comparison(run_dirs, out)
     for group in compare_runs(run_dirs):
         out_console.print(comparison_table(group))
@@ -377,21 +379,12 @@ def compare(
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding report.json.")]) -> None:
-    """Re-render report.html from a run folder's report.json and print the summary."""
-    import json
+    """Re-render report.html from a run folder's report.json (by its task's view) and print the summary."""
+    from sparring.report.views import view_of
 
-    from sparring.recsys.report import is_recsys_report, load_recsys_report, write_recsys_html
-    from sparring.report import load_report, write_html
-
-    try:
-        raw = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raw = None  # load_report below names the problem
-    if is_recsys_report(raw):
-        _show(load_recsys_report(run_dir), write_recsys_html(run_dir).parent)
-        return
-    data = load_report(run_dir / "report.json")
-    page = write_html(run_dir)
+    view = view_of(run_dir)
+    data = view.load(run_dir)
+    page = view.write_html(run_dir)
     _show(data, page.parent)
 
 

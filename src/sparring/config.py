@@ -21,7 +21,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -32,11 +32,9 @@ from sparring.errors import ConfigError
 from sparring.models import check_settings, settings_of
 from sparring.objectives import OBJECTIVES, Objective, threat_of
 from sparring.objectives.base import walk
+from sparring.tasks import first_error, task_of
 from sparring.threat import ThreatModel, make_threat, parse_norm
 from sparring.train import TrainConfig
-
-if TYPE_CHECKING:
-    from sparring.recsys.experiment import RecRunConfig
 
 
 class _Strict(BaseModel):
@@ -143,6 +141,9 @@ class EvalSpec(_Strict):
 
 
 class RunConfig(_Strict):
+    """A classifier run (``task: classification``, the default); the point clouds' ``task: points`` extends it."""
+
+    task: Literal["classification"] = "classification"
     name: RunName = None
     seed: int = 0
     data: DataSpec = Field(default_factory=DataSpec)
@@ -179,18 +180,11 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(_read_yaml(Path(path)), source=str(path))
 
 
-def load_any_config(path: str | Path) -> RunConfig | RecRunConfig:
-    """A :class:`RunConfig`, or a :class:`~sparring.recsys.experiment.RecRunConfig` when the YAML says
-    ``task: recsys`` (``task`` absent or ``classification``: the image path)."""
+def load_any_config(path: str | Path) -> Any:
+    """The config of whichever task the YAML names (``task:`` classification (the default), points, recsys,
+    language), validated by that task (:data:`sparring.tasks.TASKS`)."""
     raw = _read_yaml(Path(path))
-    task = raw.get("task", "classification")
-    if task == "recsys":
-        from sparring.recsys.experiment import parse_rec_config
-
-        return parse_rec_config(raw, source=str(path))
-    if task != "classification":
-        raise ConfigError(f"{path}: task: must be classification or recsys, got {task!r}")
-    return parse_config({k: v for k, v in raw.items() if k != "task"}, source=str(path))
+    return task_of(raw, source=str(path)).parse(raw, source=str(path))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -291,30 +285,36 @@ def _yaml_where(exc: yaml.YAMLError) -> str:
 
 
 def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
-    """Validate a config mapping, building every component once so errors surface before any work."""
-    if raw.get("task") == "recsys":
-        raise ConfigError(f"{source}: task: a recsys config is read by load_any_config (sparring run dispatches on it)")
+    """Validate a classifier config mapping, building every component once so errors surface before any work (a
+    config of another task: :func:`load_any_config`)."""
+    if raw.get("task", "classification") != "classification":
+        raise ConfigError(f"{source}: task: a {raw.get('task')} config is read by load_any_config (sparring run "
+                          "dispatches on it)")
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_first_error(exc)}") from None
     try:
-        objective = config.build_objective()
-        check_objective_domain(objective)
-        config.build_train()
-        suite = config.build_suite()
-        check_attacks_fit(as_cascade(suite).attacks, config.eval_threat(objective))
-        check_model_spec(config.model)
+        check_run_config(config)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return config
 
 
+def check_run_config(config: RunConfig) -> None:
+    """Build the objective, training settings and suite once and check the model's settings (before any work)."""
+    objective = config.build_objective()
+    check_objective_domain(objective)
+    config.build_train()
+    suite = config.build_suite()
+    check_attacks_fit(as_cascade(suite).attacks, config.eval_threat(objective))
+    check_model_spec(config.model)
+
+
 #: Where an objective that does not train classifier tensors is trained instead (by its ``inputs``).
 _ELSEWHERE = {
     "recsys": "a recommender objective: write a `task: recsys` config (docs/configs.md)",
-    "chat": "a language-model objective: train it in Python or with sparring.integrations.AdversarialTrainer "
-            "(docs/language.md)",
+    "chat": "a language-model objective: write a `task: language` config (docs/language.md)",
 }
 
 
@@ -322,7 +322,7 @@ def check_objective_domain(objective: Objective) -> None:
     """A run config trains classifiers on tensors (images, features, point clouds): refuse an objective, or a
     wrapped one (DRO's ``base``), that trains another domain's batches."""
     for inner in walk(objective):
-        inputs = getattr(type(inner), "inputs", "any")
+        inputs = type(inner).inputs
         if inputs in _ELSEWHERE:
             raise ConfigError(f"objective: {inner.name!r} is {_ELSEWHERE[inputs]}")
 
@@ -349,12 +349,7 @@ def reject_unknown_settings(name: str, settings: Mapping[str, Any], accepted: It
         raise ConfigError(f"model.{unknown[0]}: unknown setting for {name!r} (accepted: {', '.join(accepted)})")
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "config"
-    if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown field"
-    return f"{loc}: {err['msg'].removeprefix('Value error, ')}"
+_first_error = first_error  # the name the config readers used before sparring.tasks
 
 
 # --------------------------------------------------------------------------- components

@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -39,9 +40,14 @@ from sparring.context import device_of, frozen_model
 from sparring.data import Dataset
 from sparring.errors import ConfigError, DataError
 from sparring.progress import EvalBars, interactive
+from sparring.report import write_html, write_json
+from sparring.report.views import header
 from sparring.runtime.distributed import Record, broadcast, gather_records, my_batches, world
 from sparring.runtime.eval_state import EvalState, batch_generator, fingerprint
 from sparring.threat import ThreatModel
+
+if TYPE_CHECKING:
+    from sparring.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +120,6 @@ class Evaluation:
     def save(self, folder: Path | str, *, run_name: str | None = None, model_name: str = "model") -> Path:
         """Write ``report.json``, ``examples.npz`` and ``report.html`` into ``folder`` (created if needed; an
         existing report there is replaced, nothing else is touched); returns the folder."""
-        from sparring.experiment import build_report, write_run_report
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         data = {"name": self.data_name, "n_train": None, "n_eval": len(self.labels),
@@ -610,4 +614,57 @@ def _unpack(data: Dataset | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, list
 
 
 
-__all__ = ["Evaluation", "evaluate", "default_curve_attack", "default_eps_curve"]
+
+
+def build_report(
+    evaluation: Evaluation,
+    *,
+    run_name: str,
+    objective: dict[str, Any] | None,
+    model: dict[str, Any],
+    data: dict[str, Any],
+    training: TrainResult | None,
+    task: str = "classification",
+) -> dict[str, Any]:
+    """Assemble a classifier's report.json (schema in docs/report.md): the common header, then the evaluation."""
+    summary = evaluation.to_dict()
+    counts = data.get("train_class_counts")
+    if counts is not None and len(counts) == len(summary["per_class"]):
+        for row, count in zip(summary["per_class"], counts, strict=True):
+            row["train_count"] = int(count)
+    return {
+        **header(task=task, run_name=run_name, threat=summary.get("threat")),
+        "objective": objective["name"] if objective else "none (evaluation only)",
+        "objective_config": objective,
+        "model": model,
+        "data": data,
+        **summary,
+        "long_tail": long_tail_summary(summary["per_class"], counts),
+        "training": training.summary() if training is not None else None,
+    }
+
+
+def write_run_report(out: Path, report: dict[str, Any], evaluation: Evaluation) -> None:
+    write_json(report, out / "report.json")
+    np.savez_compressed(out / "examples.npz", **{k: v.numpy() for k, v in evaluation.examples.items()})
+    write_html(out)
+
+
+def parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_data(train: Dataset | None, test: Dataset, evaluation: Evaluation) -> dict[str, Any]:
+    return {
+        "name": test.name,
+        "n_train": len(train) if train is not None else None,
+        "n_eval": len(evaluation.labels),
+        "num_classes": test.num_classes,
+        "class_names": list(test.class_names),
+        "train_class_counts": train.class_counts().tolist() if train is not None else None,
+        **({"layout": test.layout} if test.layout else {}),
+    }
+
+
+__all__ = ["Evaluation", "build_report", "default_curve_attack", "default_eps_curve", "describe_data", "evaluate",
+           "parameters", "write_run_report"]

@@ -1,8 +1,10 @@
-"""The main job: config → data → model → training → evaluation → run folder.
+"""The main job, once for every task: config → data → model → training → evaluation → run folder.
 
-A run folder always holds the resolved ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (with the
-final ``model.safetensors`` and ``model.json``), ``report.json``, ``report.html`` and ``examples.npz``, and
-sparring's marker ``.sparring-run.json``; while a process writes it, its lock (:mod:`sparring.runtime.run_folder`).
+What differs between domains is a task's (:mod:`sparring.tasks`: ``classification`` here in the core, ``points``,
+``recsys`` and ``language`` in their domains); the run folder is this module's. A run folder always holds the
+resolved ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (with the final ``model.safetensors`` and
+``model.json``), ``report.json`` and ``report.html`` (a classifier's also ``examples.npz``), and sparring's marker
+``.sparring-run.json``; while a process writes it, its lock (:mod:`sparring.runtime.run_folder`).
 ``--overwrite`` clears only marked folders, and only the files sparring wrote. ``run_demo`` trains a
 standard and a PGD-AT small CNN on the embedded digits and writes a comparison page.
 """
@@ -10,36 +12,28 @@ standard and a PGD-AT small CNN on the embedded digits and writes a comparison p
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 from torch import nn
 
 from sparring.attacks import Attack
-from sparring.config import RunConfig, load_config
-from sparring.data import Dataset, load_data, long_tail
+from sparring.config import load_config
+from sparring.data import Dataset
 from sparring.errors import RunFolderError, SparringError
-from sparring.evaluate import Evaluation, evaluate, long_tail_summary
-from sparring.files import atomic_write_json, atomic_write_text
-from sparring.models import build_model, with_normalization
+from sparring.evaluate import build_report, describe_data, evaluate, parameters, write_run_report
+from sparring.files import atomic_write_text
 from sparring.models.fit import check_model_accepts
-from sparring.objectives import Objective
-from sparring.report import write_comparison, write_html, write_json
-from sparring.runtime import trackers
-from sparring.runtime.checkpoint import save_weights
+from sparring.report import write_comparison, write_json
+from sparring.report.views import VIEWS, header
 from sparring.runtime.distributed import broadcast, is_main_process
 from sparring.runtime.run_folder import MARKER, RunFolder, folder_lock, not_ours
+from sparring.tasks import DEFAULT_TASK, TASKS
 from sparring.threat import ThreatModel
-from sparring.train import TrainConfig, Trainer, TrainResult
-from sparring.version import __version__
 
 log = logging.getLogger(__name__)
 Notify = Callable[[str], None]
@@ -120,28 +114,8 @@ def _older_sparring(out: Path) -> bool:
     return (out / "checkpoints" / "latest.json").is_file() or (out / "eval_state" / "manifest.json").is_file()
 
 
-def load_run_data(config: RunConfig) -> tuple[Dataset, Dataset]:
-    spec = config.data
-    train, test = load_data(
-        spec.source, root=spec.root, test_fraction=spec.test_fraction, seed=config.seed, num_classes=spec.num_classes
-    )
-    if spec.long_tail is not None:
-        train = long_tail(train, imbalance_ratio=spec.long_tail.imbalance_ratio, seed=config.seed)
-    return train, test
-
-
-def make_model(config: RunConfig, data: Dataset) -> nn.Module:
-    torch.manual_seed(config.seed)  # weight initialization is part of the run's seed
-    model = build_model(
-        config.model.name, input_shape=data.input_shape, num_classes=data.num_classes, **config.model.settings()
-    )
-    if config.model.normalize is not None:
-        model = with_normalization(model, config.model.normalize.mean, config.model.normalize.std)
-    return model
-
-
 def run_experiment(
-    config: RunConfig,
+    config: Any,
     out: Path,
     *,
     overwrite: bool = False,
@@ -150,109 +124,40 @@ def run_experiment(
     progress: bool = True,
     notify: Notify | None = None,
 ) -> dict[str, Any] | None:
-    """Train (and evaluate) as configured; returns the report dict (None when ``evaluate_after`` is off)."""
+    """Run any task's config (``config.task``: classification, points, recsys, language) into the run folder
+    ``out``; returns report.json's dict (None when ``evaluate_after`` is off, and on the other processes of a
+    multi-process run: rank 0 writes the folder).
+
+    The pipeline, once for every task: prepare the job (data, model, checks; nothing written yet), claim the
+    folder (a foreign folder is refused, a second process locked out, ``overwrite`` clears only sparring's files),
+    write the resolved ``config.yaml``, train (checkpoints and ``metrics.jsonl`` through the Trainer; ``resume``
+    continues from the newest complete checkpoint), save the model, evaluate, and write ``report.json`` (the common
+    header plus the task's blocks) and ``report.html`` (the task's view).
+    """
     notify = notify or (lambda message: None)
-    train_data, test_data = load_run_data(config)
-    model = make_model(config, train_data)
-    objective = config.build_objective()
-    train_cfg = config.build_train()
-    train_cfg.progress = progress
-    threat = config.eval_threat(objective)
+    task = TASKS.get(getattr(config, "task", DEFAULT_TASK))()
+    job = task.prepare(config)
     main = is_main_process()  # under torchrun / accelerate launch: rank 0 writes, every rank trains and evaluates
-    resolved = resolved_yaml(config, objective, train_cfg)
-    with claim_run_dir(out, kind="run", overwrite=overwrite, resume=resume) as out:
-        if main and not (resume and (out / "config.yaml").is_file()):
-            atomic_write_text(out / "config.yaml", resolved)
-        notify(f"training {config.model.name} with {objective.name} on {train_data.name} → {out}")
-        trainer = Trainer(
-            model=model, objective=objective, train=(train_data.x, train_data.y), val=(test_data.x, test_data.y),
-            config=train_cfg, val_threat=threat, out_dir=out, num_classes=train_data.num_classes,
-        )
-        if train_cfg.trackers:
-            trackers.start(trainer.accelerator, project=config.name or out.name, run_name=out.name,
-                           config=yaml.safe_load(resolved))
-        try:
-            result = trainer.fit(resume=resume)
-            model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+    try:
+        with claim_run_dir(out, kind="run", overwrite=overwrite, resume=resume) as out:
+            if main and not (resume and (out / "config.yaml").is_file()):
+                atomic_write_text(out / "config.yaml", yaml.safe_dump(job.resolved(), sort_keys=False))
+            notify(f"{job.headline()} → {out}")
+            job.train(out, resume=resume, progress=progress)
             if main:
-                save_model(model, out / "checkpoints", config=config, data=train_data)
+                job.save_model(out / "checkpoints")
             if not evaluate_after:
                 return None
             notify("evaluating")
-            evaluation = evaluate(
-                model, test_data, threat, suite=config.build_suite(), eps_curve=config.eval.eps_curve,
-                batch_size=config.eval.batch_size, max_samples=config.eval.max_samples, seed=config.seed,
-                precision=config.eval.precision, state_dir=out / "eval_state", notify=notify,
-                progress=progress and main,
-            )
-            if not main:
+            body = job.evaluate(out, progress=progress and main, notify=notify)
+            if not main or body is None:
                 return None
-            report = build_report(
-                evaluation, run_name=config.name or out.name, objective=objective.describe(),
-                model={"name": config.model.name, "parameters": _parameters(model)},
-                data=_describe_data(train_data, test_data, evaluation), training=result,
-            )
-            trackers.log_evaluation(trainer.accelerator, report, step=len(result.history))
-            write_run_report(out, report, evaluation)
+            report = {**header(task=task.name, run_name=config.name or out.name, threat=job.threat()), **body}
+            write_json(report, out / "report.json")
+            VIEWS.get(task.view).write_html(out)
             return report
-        finally:
-            trackers.finish(trainer.accelerator)
-
-
-def resolved_yaml(config: RunConfig, objective: Objective, train_cfg: TrainConfig) -> str:
-    """The config with every default filled in; running it again reproduces the run."""
-    resolved = config.model_dump(mode="json")
-    resolved["objective"] = objective.describe()
-    resolved["train"] = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k != "progress"}
-    resolved["train"]["milestones"] = list(train_cfg.milestones)
-    resolved["train"]["trackers"] = list(train_cfg.trackers)
-    return yaml.safe_dump(resolved, sort_keys=False)
-
-
-def build_report(
-    evaluation: Evaluation,
-    *,
-    run_name: str,
-    objective: dict[str, Any] | None,
-    model: dict[str, Any],
-    data: dict[str, Any],
-    training: TrainResult | None,
-) -> dict[str, Any]:
-    """Assemble report.json (schema in docs/report.md)."""
-    summary = evaluation.to_dict()
-    counts = data.get("train_class_counts")
-    if counts is not None and len(counts) == len(summary["per_class"]):
-        for row, count in zip(summary["per_class"], counts, strict=True):
-            row["train_count"] = int(count)
-    return {
-        "schema_version": 1,
-        "sparring_version": __version__,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "run_name": run_name,
-        "objective": objective["name"] if objective else "none (evaluation only)",
-        "objective_config": objective,
-        "model": model,
-        "data": data,
-        **summary,
-        "long_tail": long_tail_summary(summary["per_class"], counts),
-        "training": training.summary() if training is not None else None,
-    }
-
-
-def write_run_report(out: Path, report: dict[str, Any], evaluation: Evaluation) -> None:
-    write_json(report, out / "report.json")
-    np.savez_compressed(out / "examples.npz", **{k: v.numpy() for k, v in evaluation.examples.items()})
-    write_html(out)
-
-
-def save_model(model: nn.Module, folder: Path, *, config: RunConfig, data: Dataset) -> None:
-    """``model.safetensors`` plus ``model.json`` saying how to rebuild the architecture."""
-    save_weights(model, folder / "model.safetensors")
-    atomic_write_json(folder / "model.json", {
-        "name": config.model.name, "settings": config.model.settings(),
-        "normalize": config.model.normalize.model_dump() if config.model.normalize else None,
-        "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-    })
+    finally:
+        job.close()
 
 
 def evaluate_model(
@@ -293,8 +198,8 @@ def evaluate_model(
             return None
         report = build_report(
             evaluation, run_name=out.name, objective=None,
-            model={"name": model_name, "parameters": _parameters(model)},
-            data=_describe_data(None, test_data, evaluation), training=None,
+            model={"name": model_name, "parameters": parameters(model)},
+            data=describe_data(None, test_data, evaluation), training=None,
         )
         write_run_report(out, report, evaluation)
         return report
@@ -317,21 +222,4 @@ def demo_config_path(name: str) -> Path:
 
 
 
-def _parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _describe_data(train: Dataset | None, test: Dataset, evaluation: Evaluation) -> dict[str, Any]:
-    return {
-        "name": test.name,
-        "n_train": len(train) if train is not None else None,
-        "n_eval": len(evaluation.labels),
-        "num_classes": test.num_classes,
-        "class_names": list(test.class_names),
-        "train_class_counts": train.class_counts().tolist() if train is not None else None,
-        **({"layout": test.layout} if test.layout else {}),
-    }
-
-
-__all__ = ["run_experiment", "run_demo", "evaluate_model", "prepare_run_dir", "claim_run_dir", "check_run_dir",
-           "build_report"]
+__all__ = ["run_experiment", "run_demo", "evaluate_model", "prepare_run_dir", "claim_run_dir", "check_run_dir"]

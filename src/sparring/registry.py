@@ -19,8 +19,10 @@ from sparring.errors import ConfigError
 
 T = TypeVar("T")
 
-#: The domain packages shipped with sparring, imported on the first lookup a registry cannot answer.
-DOMAINS = ("sparring.points", "sparring.recsys", "sparring.language")
+#: The modules that register components when imported, loaded on the first lookup a registry cannot answer: the
+#: domain packages shipped with sparring, and the core's own run task (so that no core module imports another
+#: merely to register it).
+DOMAINS = ("sparring.classification", "sparring.points", "sparring.recsys", "sparring.language")
 #: Third-party domains: ``[project.entry-points."sparring.domains"] mydomain = "mypackage.sparring_domain"``.
 ENTRY_POINT_GROUP = "sparring.domains"
 

@@ -190,6 +190,7 @@ class Trainer:
             every epoch, and batches that need not be tensors).
         regularizer: ``regularizer(model, x) → scalar`` added to each batch's loss and logged as
             ``train_regularizer`` (the objective's own loss as ``train_objective_loss``).
+        epoch_hook: called with each epoch's record once it is logged (a caller's own log or early exit).
         val: validation inputs and labels for per-epoch clean / robust accuracy (and early stopping).
         val_threat: threat model of the robust validation pass (default: the objective's ``threat``).
         out_dir: run folder; ``metrics.jsonl`` and ``checkpoints/`` go there. None: nothing written.
@@ -208,6 +209,7 @@ class Trainer:
         out_dir: Path | None = None,
         num_classes: int | None = None,
         regularizer: Regularizer | None = None,
+        epoch_hook: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = config or TrainConfig()
         self.objective = objective
@@ -232,6 +234,7 @@ class Trainer:
         )
         self.data = train if isinstance(train, EpochData) else TensorData(*train, num_classes=num_classes)
         self.regularizer = regularizer
+        self.epoch_hook = epoch_hook
         self.class_counts = self.data.class_counts()
         sampler = EpochSampler(len(self.data), self.cfg.seed) if self.data.shuffle else SequentialSampler(self.data)
         loader = DataLoader(Rows(self.data), batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=as_is)
@@ -282,6 +285,8 @@ class Trainer:
                     bad_epochs += 1
                 progress.update(task, description=_describe(record))
                 self._log(record)
+                if self.epoch_hook is not None:
+                    self.epoch_hook(record)
                 if self.checkpoints is not None and self.accelerator.is_main_process:
                     meta = {
                         "history": history, "best_score": best_score, "best_epoch": best_epoch,

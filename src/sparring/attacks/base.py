@@ -14,7 +14,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,10 @@ from sparring.registry import Registry
 from sparring.threat import ThreatModel
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+#: What an attack needs as inputs (the ``inputs`` contract flag of :class:`Attack`).
+AttackInputs = Literal["any", "points", "point_set"]
 
 
 @dataclass
@@ -120,7 +124,7 @@ class Attack(ABC):
 
     name: ClassVar[str]
     black_box: ClassVar[bool] = False
-    inputs: ClassVar[str] = "any"
+    inputs: ClassVar[AttackInputs] = "any"
     loss: str = "ce"
     gradients: GradientSource = field(default_factory=Autograd)
     train_mode: bool = False

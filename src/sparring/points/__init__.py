@@ -38,10 +38,12 @@ from sparring.points.geometry import (
 )
 from sparring.points.mapr import MAPR
 from sparring.points.models import DGCNN, PointNet
+from sparring.points.task import PointsRunConfig, PointsTask
 from sparring.points.threat import PointSet
 
 __all__ = [
-    "DGCNN", "IntrinsicFeatures", "MAPR", "OutlierRemoval", "PointNet", "PointSet", "RandomResampling", "SHAPES",
+    "DGCNN", "IntrinsicFeatures", "MAPR", "PointsRunConfig", "PointsTask", "OutlierRemoval", "PointNet", "PointSet",
+    "RandomResampling", "SHAPES",
     "farthest_point_sample", "features_detached", "fill_removed", "gather_points", "intrinsic_features", "knn",
     "load_modelnet40", "load_scanobjectnn", "load_shapes", "local_pca", "nearest_kept", "normalize_unit_sphere",
     "normals", "procedural_shapes", "random_sample", "surface_variation", "tangent_jitter", "with_features",

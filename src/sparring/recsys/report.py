@@ -1,9 +1,10 @@
 """Views of a recommender run's ``report.json`` (``"task": "recsys"``): the HTML page, its plots, a terminal table.
 
-The page (``templates/recsys.html``, self-contained like the image path's) shows a headline (Recall@20, NDCG@10,
-the worst post-attack target HR@k and its relative promotion), the ranking table and the promotion table side by
-side, the mean target HR@K before and after each attack against K, and the training curves (loss, cross-modal
-gradient cosine) from ``metrics.jsonl``.
+The page (``sparring/recsys/templates/recsys.html``, self-contained like the image path's) shows a headline
+(Recall@20, NDCG@10, the worst post-attack target HR@k and its relative promotion), the ranking table and the
+promotion table side by side, the mean target HR@K before and after each attack against K, and the training curves
+(loss, cross-modal gradient cosine) from ``metrics.jsonl``. Registered as the ``recsys`` report view
+(:data:`sparring.report.views.VIEWS`), which ``sparring report`` and ``sparring compare`` go through.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sparring.files import atomic_write_text
 from sparring.report import plots
 from sparring.report.html import HTML_FILE, METRICS_FILE, figure_png, format_seconds, read_metrics, render_template
 from sparring.report.schema import REPORT_FILE, is_number
+from sparring.report.views import VIEWS, View
 
 BEFORE_COLOR = "0.25"
 METHOD_COLORS = {"fgsm": "#3b6fb6", "pgd": "#d9662b"}
@@ -200,10 +202,15 @@ def _shade(eps: float, values: Sequence[float]) -> float:
 
 
 def training_figure(metrics: Sequence[Mapping[str, Any]]) -> Figure | None:
-    """Per-epoch losses (loss, objective_loss, adv_bpr) and, for UAT-MC / APR, the cross-modal cosines."""
+    """Per-epoch losses (loss, objective_loss, adv_bpr) and, for UAT-MC / APR, the cross-modal cosines.
+
+    ``metrics.jsonl`` is the Trainer's (``train_loss``, ``train_objective_loss``, the objective's batch metrics as
+    ``train_<name>``, its epoch-hook metrics unprefixed); the unprefixed names of older run folders are drawn too.
+    """
     return plots.training_figure(metrics, panels=[
-        ("loss", ("loss", "objective_loss", "adv_bpr")),
-        ("cross-modal cosine (visual vs text)", ("grad_cosine", "delta_cosine")),
+        ("loss", ("train_loss", "train_objective_loss", "train_adv_bpr", "loss", "objective_loss", "adv_bpr")),
+        ("cross-modal cosine (visual vs text)",
+         ("train_grad_cosine", "train_delta_cosine", "grad_cosine", "delta_cosine")),
     ])
 
 
@@ -238,7 +245,7 @@ def render_recsys_report(
             "training": figure_png(training_figure(metrics)),
         },
     }
-    return render_template("recsys.html", **context)
+    return render_template("recsys.html", package="sparring.recsys", **context)
 
 
 def write_recsys_html(run_dir: Path) -> Path:
@@ -278,5 +285,22 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     return table
 
 
-__all__ = ["is_recsys_report", "load_recsys_report", "promotion_figure", "render_recsys_report", "summary_table",
-           "training_figure", "write_recsys_html"]
+def headline(report: Mapping[str, Any]) -> dict[str, float | None]:
+    """The figures ``sparring compare`` puts side by side: Recall@20, NDCG@20 (or the nearest reported K) and the
+    worst post-attack target HR@k (None without promotion attacks)."""
+    ranking = report.get("ranking") if isinstance(report.get("ranking"), Mapping) else {}
+    recall_name, recall = _metric(ranking, "recall", 20)
+    ndcg_name, ndcg = _metric(ranking, "ndcg", 20)
+    worst = worst_promotion(report)
+    hr = worst["hr_after"].get(str(worst.get("k"))) if worst is not None else None
+    return {recall_name.replace("recall", "Recall"): recall if is_number(recall) else None,
+            ndcg_name.replace("ndcg", "NDCG"): ndcg if is_number(ndcg) else None,
+            "worst post-attack HR@k": hr if is_number(hr) else None}
+
+
+RECSYS = VIEWS.register("recsys")(View(load=load_recsys_report, write_html=write_recsys_html,
+                                       summary_table=summary_table, headline=headline))
+
+
+__all__ = ["RECSYS", "headline", "is_recsys_report", "load_recsys_report", "promotion_figure",
+           "render_recsys_report", "summary_table", "training_figure", "write_recsys_html"]

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import ChoiceLoader, Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from sparring.errors import RunFolderError
 from sparring.files import atomic_write_text
@@ -47,9 +47,11 @@ COMPARISON_MARKER = '<meta name="generator" content="sparring compare">'
 
 
 @cache
-def _environment() -> Environment:
+def _environment(package: str | None = None) -> Environment:
+    loader = PackageLoader("sparring.report", "templates")
     env = Environment(
-        loader=PackageLoader("sparring.report", "templates"),
+        # a domain's own templates first (they extend the shared base.html)
+        loader=loader if package is None else ChoiceLoader([PackageLoader(package, "templates"), loader]),
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -59,9 +61,10 @@ def _environment() -> Environment:
     return env
 
 
-def render_template(template: str, **context: Any) -> str:
-    """Render one of ``sparring/report/templates`` (shared by every domain's report page)."""
-    return _environment().get_template(template).render(**context)
+def render_template(template: str, *, package: str | None = None, **context: Any) -> str:
+    """Render one of ``sparring/report/templates`` (shared by every domain's report page), or with ``package`` one
+    of that package's ``templates/`` (a domain's page, which may extend the shared ones)."""
+    return _environment(package).get_template(template).render(**context)
 
 
 def figure_png(fig: Any) -> str | None:
@@ -406,7 +409,7 @@ def _link(run_dir: Path, page_dir: Path) -> str:
     return quote(Path(relative).as_posix())
 
 
-def _is_comparison_page(path: Path) -> bool:
+def is_comparison_page(path: Path) -> bool:
     """Whether ``path`` is a comparison page sparring wrote (its head carries :data:`COMPARISON_MARKER`)."""
     try:
         with path.open("rb") as handle:
@@ -496,7 +499,7 @@ def write_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
     out = Path(out)
     if out.is_dir():
         out = out / COMPARISON_FILE
-    if out.exists() and not (out.is_file() and _is_comparison_page(out)):
+    if out.exists() and not (out.is_file() and is_comparison_page(out)):
         raise RunFolderError(
             f"{out} exists and is not a comparison page written by sparring; choose another output path or remove it"
         )

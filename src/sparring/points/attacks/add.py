@@ -24,11 +24,12 @@ and objects); the hard radius-ball here is the one-sided Hausdorff budget of the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem
+from sparring.attacks.base import ATTACKS, Attack, AttackInputs, AttackResult, Problem
 from sparring.attacks.pgd import _Best
 from sparring.errors import ConfigError
 from sparring.points.data import gather_points
@@ -75,7 +76,7 @@ class PointAdd(Attack):
     """
 
     name = "point_add"
-    inputs = "point_set"
+    inputs: ClassVar[AttackInputs] = "point_set"
     steps: int = 50
     restarts: int = 1
     rel_step: float | None = None

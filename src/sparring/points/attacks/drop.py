@@ -24,11 +24,12 @@ Defaults: α = 1 (the paper's), T = ``iterations`` = 10.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem
+from sparring.attacks.base import ATTACKS, Attack, AttackInputs, AttackResult, Problem
 from sparring.errors import ConfigError
 from sparring.points.data import fill_removed, gather_points, nearest_kept
 from sparring.points.threat import descending_rank, point_set_of
@@ -47,7 +48,7 @@ class PointDrop(Attack):
     """
 
     name = "point_drop"
-    inputs = "point_set"
+    inputs: ClassVar[AttackInputs] = "point_set"
     iterations: int = 10
     alpha: float = 1.0
 

@@ -20,11 +20,12 @@ wins; the reported ``loss`` is the model loss L alone. Restarts as in :class:`~s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from sparring.attacks.base import ATTACKS, AttackResult, Problem
+from sparring.attacks.base import ATTACKS, AttackInputs, AttackResult, Problem
 from sparring.attacks.pgd import PGD
 from sparring.errors import ConfigError, DataError, ThreatModelError
 from sparring.points.geometry import knn
@@ -54,7 +55,7 @@ class KNNAttack(PGD):
     """
 
     name = "knn"
-    inputs = "points"
+    inputs: ClassVar[AttackInputs] = "points"
     steps: int = 50
     k: int = 5
     kappa: float = 1.1

@@ -1,7 +1,7 @@
-"""Recommender runs from YAML: config → data → recommender → BPR training → ranking quality + promotion attacks.
+"""Recommender runs from YAML (``task: recsys``): config → data → recommender → BPR training (the core Trainer) →
+ranking quality + promotion attacks, through the one run pipeline (:func:`sparring.experiment.run_experiment`).
 
-A config with the top-level key ``task: recsys`` is a :class:`RecRunConfig` (``sparring run`` / ``sparring train``
-dispatch on it; without ``task`` a config is the image path's :class:`~sparring.config.RunConfig`)::
+::
 
     task: recsys
     name: vbpr_uat_mc
@@ -14,42 +14,36 @@ dispatch on it; without ``task`` a config is the image path's :class:`~sparring.
       ks: [5, 10, 20, 50]
       promotion: {methods: [fgsm, pgd], eps: [0.025, 0.05, 0.1], targets: 100, kinds: [random], k: 50}
 
-:func:`run_recsys` writes the run folder: the resolved ``config.yaml``, ``metrics.jsonl`` (one line per epoch,
-appended as training goes), ``checkpoints/model.safetensors`` + ``model.json``, ``report.json`` (schema in
-``docs/report.md``, "Recommender runs") and ``report.html``. Every problem with the config is one
-:class:`~sparring.errors.ConfigError` line naming the field, raised before anything is written.
+The run folder is the pipeline's: the resolved ``config.yaml``, ``metrics.jsonl`` and ``checkpoints/`` (the
+Trainer's; ``--resume`` continues a killed run), ``checkpoints/model.safetensors`` + ``model.json``,
+``report.json`` (the common header plus ``data``, ``model``, ``objective``, ``ranking``, ``promotion``,
+``training``, ``timing``; ``docs/report.md``, "Recommender runs") and ``report.html`` (the ``recsys`` view,
+:mod:`sparring.recsys.report`). Every problem with the config is one :class:`~sparring.errors.ConfigError` line
+naming the field, raised before anything is written.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import inspect
-import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sparring.config import RunName, _first_error, _Strict, build_component, reject_unknown_settings
+from sparring.config import RunName, _Strict, build_component, reject_unknown_settings
 from sparring.errors import ConfigError
-from sparring.experiment import claim_run_dir
-from sparring.files import atomic_write_json, atomic_write_text
+from sparring.files import atomic_write_json
 from sparring.objectives import OBJECTIVES, Objective, threat_of
 from sparring.recsys.data import RecData, load_mmrec, synthetic
 from sparring.recsys.metrics import ranking_metrics
 from sparring.recsys.models import RECOMMENDERS, Recommender, build_recommender
 from sparring.recsys.promotion import PromotionAttack, anchor_users, pick_targets
-from sparring.recsys.report import write_recsys_html
 from sparring.recsys.train import fit
-from sparring.report import write_json
 from sparring.runtime.checkpoint import save_weights
-from sparring.version import __version__
+from sparring.tasks import TASKS, Job, Notify, Task
 
-Notify = Callable[[str], None]
 TASK = "recsys"
 OBJECTIVE_INPUTS = ("recsys", "any")
 
@@ -165,19 +159,11 @@ class RecRunConfig(_Strict):
                          temperature=spec.temperature, seed=self.seed)
 
 
-# --------------------------------------------------------------------------- parsing
-def parse_rec_config(raw: dict[str, Any], *, source: str = "config") -> RecRunConfig:
-    """Validate a ``task: recsys`` mapping, building the objective and checking the model's settings."""
-    try:
-        config = RecRunConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {_first_error(exc)}") from None
-    try:
-        config.build_objective()
-        check_rec_model_spec(config.model)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    return config
+# --------------------------------------------------------------------------- checks
+def check_rec_config(config: RecRunConfig) -> None:
+    """What can be checked without data: the objective builds and trains recommenders, the model's settings."""
+    config.build_objective()
+    check_rec_model_spec(config.model)
 
 
 def check_rec_model_spec(spec: RecModelSpec) -> None:
@@ -195,80 +181,6 @@ def check_rec_model_spec(spec: RecModelSpec) -> None:
         raise ConfigError(f"model: {exc}") from None
 
 
-# --------------------------------------------------------------------------- the run
-def run_recsys(
-    config: RecRunConfig,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    progress: bool = True,
-    notify: Notify | None = None,
-    evaluate_after: bool = True,
-) -> dict[str, Any] | None:
-    """Train, evaluate ranking quality and promotion robustness; write the run folder; return report.json's dict.
-
-    The data are loaded, the model built and the attack settings checked against the data before the run
-    folder is touched (``claim_run_dir``: an existing folder needs ``overwrite`` and must carry sparring's marker;
-    a folder another process is writing is refused).
-    ``evaluate_after=False`` stops after training and saving the model (returns None).
-    """
-    notify = notify or (lambda message: None)
-    started = time.perf_counter()
-    objective = config.build_objective()
-    data = config.load_data()
-    check_against_data(config, data)
-    torch.manual_seed(config.seed)  # weight initialization is part of the run's seed
-    model = build_recommender(config.model.name, data, **config.model.settings())
-    device = torch.device("cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu")
-    model.to(device)
-    lr = type(model).lr if config.train.lr is None else config.train.lr
-    reg_weight = type(model).reg_weight if config.train.reg_weight is None else config.train.reg_weight
-    with claim_run_dir(Path(out), kind="run", overwrite=overwrite) as out:  # the lock goes on exit
-        atomic_write_text(out / "config.yaml", resolved_yaml(config, objective, lr=lr, reg_weight=reg_weight))
-        notify(f"training {config.model.name} with {objective.name} on {data.name} "
-               f"({data.n_users} users, {data.n_items} items) → {out}")
-        metrics_path = out / "metrics.jsonl"
-
-        def log(record: dict[str, Any]) -> None:
-            with metrics_path.open("a") as handle:  # one line per epoch, appended as training goes
-                handle.write(json.dumps(metrics_row(record)) + "\n")
-
-        t0 = time.perf_counter()
-        records = fit(model, data, objective, epochs=config.train.epochs, batch_size=config.train.batch_size, lr=lr,
-                      weight_decay=config.train.weight_decay, reg_weight=reg_weight, seed=config.seed,
-                      progress=progress, log=log)
-        train_s = time.perf_counter() - t0
-        save_recommender(model, out / "checkpoints", config=config, data=data)
-        if not evaluate_after:
-            return None
-        notify(f"ranking quality on {len(data.test)} test interactions")
-        t0 = time.perf_counter()
-        ranking = ranking_metrics(model, data, "test", ks=config.eval.ks)
-        ranking_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        promotion = promotion_rows(model, data, config, notify=notify)
-        promotion_s = time.perf_counter() - t0
-        report = {
-            "schema_version": 1,
-            "task": TASK,
-            "sparring_version": __version__,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "run_name": config.name or out.name,
-            "data": data.describe(),
-            "model": {"name": config.model.name, "settings": config.model.settings(),
-                      "parameters": sum(p.numel() for p in model.parameters())},
-            "objective": objective.describe(),
-            "ranking": ranking,
-            "promotion": promotion,
-            "training": training_summary(records, lr=lr, reg_weight=reg_weight, time_s=train_s),
-            "timing": {"train_s": train_s, "ranking_s": ranking_s, "promotion_s": promotion_s,
-                       "total_s": time.perf_counter() - started},
-        }
-        write_json(report, out / "report.json")
-        write_recsys_html(out)
-        return report
-
-
 def check_against_data(config: RecRunConfig, data: RecData) -> None:
     """Settings that depend on the data: the promotion hinge's k must leave items to rank against."""
     promo = config.eval.promotion
@@ -276,6 +188,7 @@ def check_against_data(config: RecRunConfig, data: RecData) -> None:
         raise ConfigError(f"eval.promotion.k: must be smaller than the number of items ({data.n_items}), got {promo.k}")
 
 
+# --------------------------------------------------------------------------- evaluation
 def promotion_rows(model: Recommender, data: RecData, config: RecRunConfig, *,
                    notify: Notify | None = None) -> list[dict[str, Any]]:
     """Every (kind, method, eps) attack as a summary row; anchors and targets come from a generator seeded by the
@@ -299,15 +212,8 @@ def promotion_rows(model: Recommender, data: RecData, config: RecRunConfig, *,
     return rows
 
 
-def metrics_row(record: dict[str, Any]) -> dict[str, Any]:
-    """A ``fit`` record as a ``metrics.jsonl`` line: 1-based ``epoch`` and ``time_s``, as the image path writes."""
-    row = {k: v for k, v in record.items() if k != "time"}
-    row["epoch"] = int(record["epoch"]) + 1
-    row["time_s"] = record.get("time")
-    return row
-
-
 def training_summary(records: list[dict[str, Any]], *, lr: float, reg_weight: float, time_s: float) -> dict[str, Any]:
+    """report.json's ``training`` block from :func:`~sparring.recsys.train.fit`'s records."""
     last = records[-1] if records else {}
     return {
         "epochs": len(records),
@@ -316,17 +222,10 @@ def training_summary(records: list[dict[str, Any]], *, lr: float, reg_weight: fl
         "time_s": time_s,
         "final_loss": last.get("loss"),
         "loss": [r.get("loss") for r in records],
-        "grad_cosine": [r["grad_cosine"] for r in records] if any("grad_cosine" in r for r in records) else None,
-        "delta_cosine": [r["delta_cosine"] for r in records] if any("delta_cosine" in r for r in records) else None,
+        "grad_cosine": [r.get("grad_cosine") for r in records] if any("grad_cosine" in r for r in records) else None,
+        "delta_cosine": [r.get("delta_cosine") for r in records] if any("delta_cosine" in r for r in records)
+        else None,
     }
-
-
-def resolved_yaml(config: RecRunConfig, objective: Objective, *, lr: float, reg_weight: float) -> str:
-    """The config with every default filled in (the objective's fields, the model's lr and reg_weight)."""
-    resolved = config.model_dump(mode="json")
-    resolved["objective"] = objective.describe()
-    resolved["train"].update(lr=lr, reg_weight=reg_weight)
-    return yaml.safe_dump(resolved, sort_keys=False)
 
 
 def save_recommender(model: Recommender, folder: Path, *, config: RecRunConfig, data: RecData) -> None:
@@ -338,7 +237,117 @@ def save_recommender(model: Recommender, folder: Path, *, config: RecRunConfig, 
     })
 
 
+# --------------------------------------------------------------------------- the task
+class RecsysJob(Job):
+    """One recommender run: data loaded, settings checked against it, the recommender built (seeded)."""
+
+    def __init__(self, config: RecRunConfig) -> None:
+        self.started = time.perf_counter()
+        self.config = config
+        self.objective = config.build_objective()
+        self.data = config.load_data()
+        check_against_data(config, self.data)
+        torch.manual_seed(config.seed)  # weight initialization is part of the run's seed
+        self.model: Recommender = build_recommender(config.model.name, self.data, **config.model.settings())
+        self.lr = type(self.model).lr if config.train.lr is None else config.train.lr
+        self.reg_weight = type(self.model).reg_weight if config.train.reg_weight is None else config.train.reg_weight
+        self.records: list[dict[str, Any]] = []
+        self.train_s = 0.0
+
+    def resolved(self) -> dict[str, Any]:
+        """The config with every default filled in (the objective's fields, the model's lr and reg_weight)."""
+        resolved = self.config.model_dump(mode="json")
+        resolved["objective"] = self.objective.describe()
+        resolved["train"].update(lr=self.lr, reg_weight=self.reg_weight)
+        return resolved
+
+    def headline(self) -> str:
+        data = self.data
+        return (f"training {self.config.model.name} with {self.objective.name} on {data.name} "
+                f"({data.n_users} users, {data.n_items} items)")
+
+    def train(self, out: Path, *, resume: bool, progress: bool) -> None:
+        train = self.config.train
+        t0 = time.perf_counter()
+        self.records = fit(self.model, self.data, self.objective, epochs=train.epochs, batch_size=train.batch_size,
+                           lr=self.lr, weight_decay=train.weight_decay, reg_weight=self.reg_weight,
+                           seed=self.config.seed, progress=progress, out_dir=out, resume=resume, cpu=train.cpu)
+        self.train_s = time.perf_counter() - t0
+
+    def save_model(self, folder: Path) -> None:
+        save_recommender(self.model, folder, config=self.config, data=self.data)
+
+    def evaluate(self, out: Path, *, progress: bool, notify: Notify) -> dict[str, Any] | None:
+        config, data, model = self.config, self.data, self.model
+        notify(f"ranking quality on {len(data.test)} test interactions")
+        t0 = time.perf_counter()
+        ranking = ranking_metrics(model, data, "test", ks=config.eval.ks)
+        ranking_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        promotion = promotion_rows(model, data, config, notify=notify)
+        promotion_s = time.perf_counter() - t0
+        return {
+            "data": data.describe(),
+            "model": {"name": config.model.name, "settings": config.model.settings(),
+                      "parameters": sum(p.numel() for p in model.parameters())},
+            "objective": self.objective.describe(),
+            "ranking": ranking,
+            "promotion": promotion,
+            "training": training_summary(self.records, lr=self.lr, reg_weight=self.reg_weight, time_s=self.train_s),
+            "timing": {"train_s": self.train_s, "ranking_s": ranking_s, "promotion_s": promotion_s,
+                       "total_s": time.perf_counter() - self.started},
+        }
+
+    def threat(self) -> dict[str, Any] | None:
+        promo = self.config.eval.promotion
+        if promo is None:
+            return None
+        return {"kind": "promotion", "eps": list(promo.eps), "methods": list(promo.methods)}
+
+
+@TASKS.register(TASK)
+class RecsysTask(Task):
+    """Multimodal recommenders: BPR (or APR / UAT-MC) training, full-ranking metrics, promotion attacks."""
+
+    name = TASK
+    config_type = RecRunConfig
+    view = TASK
+
+    def check(self, config: RecRunConfig) -> None:
+        check_rec_config(config)
+
+    def prepare(self, config: RecRunConfig) -> RecsysJob:
+        return RecsysJob(config)
+
+
+# --------------------------------------------------------------------------- thin wrappers
+def parse_rec_config(raw: dict[str, Any], *, source: str = "config") -> RecRunConfig:
+    """Validate a ``task: recsys`` mapping, building the objective and checking the model's settings."""
+    config: RecRunConfig = RecsysTask().parse(raw, source=source)
+    return config
+
+
+def run_recsys(
+    config: RecRunConfig,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    notify: Notify | None = None,
+    evaluate_after: bool = True,
+) -> dict[str, Any] | None:
+    """Train, evaluate ranking quality and promotion robustness, write the run folder: report.json's dict (None
+    with ``evaluate_after=False``). :func:`sparring.experiment.run_experiment` with a recommender config."""
+    from sparring.experiment import run_experiment
+
+    return run_experiment(config, Path(out), overwrite=overwrite, resume=resume, progress=progress, notify=notify,
+                          evaluate_after=evaluate_after)
+
+
 def is_rec_config(raw: Any) -> bool:
     return isinstance(raw, dict) and raw.get("task") == TASK
 
-__all__ = ["PromotionSpec", "RecRunConfig", "parse_rec_config", "run_recsys"]
+
+__all__ = ["PromotionSpec", "RecRunConfig", "RecsysJob", "RecsysTask", "check_against_data", "is_rec_config",
+           "parse_rec_config", "promotion_rows", "run_recsys", "save_recommender", "training_summary"]
