@@ -20,6 +20,7 @@ import pytest
 import torch
 from test_cli import SPARRING, TIMEOUT_S, one_error_line, run_main
 
+import sparring.classification
 import sparring.experiment
 from sparring import __version__
 from sparring.config import load_any_config, load_config
@@ -226,7 +227,7 @@ def test_a_setting_the_model_refuses_when_built_is_one_line(tmp_path, monkeypatc
 def test_model_settings_are_converted_to_their_annotated_types(tmp_path):
     text = CONFIG.replace("{name: mlp, hidden: [8]}", '{name: small_cnn, width: "4", batch_norm: false}')
     cfg = load_config(tmp_path / config(tmp_path, text))
-    net = sparring.experiment.make_model(cfg, load_data("digits")[0])
+    net = sparring.classification.make_model(cfg, load_data("digits")[0])
     assert next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).out_channels == 4
 
 

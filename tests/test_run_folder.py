@@ -285,7 +285,7 @@ def test_lock_is_released_on_an_exception_and_held_by_rank_0_only(tmp_path, monk
             folder_lock(tmp_path / "a"):
         pass  # the same process, twice: the second refuses
     assert not (tmp_path / "a").exists()  # made by the lock, empty at the end: removed again
-    monkeypatch.setattr("sparring.runtime.eval_state.is_main_process", lambda: False)
+    monkeypatch.setattr("sparring.runtime.distributed.is_main_process", lambda: False)
     with folder_lock(tmp_path / "b"):
         assert not (tmp_path / "b").exists()  # another rank: no lock (rank 0 holds it)
 

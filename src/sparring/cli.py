@@ -399,6 +399,8 @@ def main() -> None:
     """Entry point: run the app behind one error boundary (see :func:`_fail`)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", module="accelerate")
+    # peft asks transformers for a deprecated attribute on every LoRA model: noise in a language run's output
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         code = app(standalone_mode=False)  # a command returns None; typer returns an Exit's code (130: Ctrl-C)
         if isinstance(code, int) and not isinstance(code, bool) and code != 0:

@@ -10,7 +10,10 @@ The path of a batch, for language models:
 * ``prompt_attack``: the embedding attack (CAT) and the latent attack (LAT); ``suffix``: a GCG-style discrete
   suffix search.
 * objectives (registered in :mod:`sparring.objectives`): ``cat``, ``capo``, ``lat``, ``warden``, ``localalign``.
-* ``evaluate`` / ``report``: attack success rate judged by a pluggable :class:`Judge`, utility and over-refusal.
+* ``evaluate`` / ``report``: attack success rate judged by a pluggable :class:`Judge`, utility and over-refusal;
+  ``report`` registers the ``language`` report view (``report.json`` → ``report.html``, terminal table, headline).
+* ``task``: the ``language`` run task (``task: language`` YAML configs through ``sparring run``): LoRA adversarial
+  training on the core Trainer, evaluation, the run folder.
 * ``embedding``: classifiers and causal LMs on ``inputs_embeds`` (gradient prediction on transformers);
   ``toy``: small tasks and word-level tokenizers built in code; ``pretrained``: :func:`load_pretrained`, local
   Hugging Face folders with safetensors weights only (pickled ``pytorch_model.bin`` needs
@@ -40,7 +43,10 @@ from sparring.language.localalign import LocalAlign, injection_batch, near_targe
 from sparring.language.pretrained import load_pretrained
 from sparring.language.prompt_attack import PromptAttack, PromptAttackResult, embedding_attack, latent_attack
 from sparring.language.report import AttackOutcome, LanguageReport, compare
+from sparring.language.run_config import LanguageRunConfig
+from sparring.language.run_data import LanguageEpochData
 from sparring.language.suffix import SuffixResult, SuffixSearch, insert_suffix
+from sparring.language.task import LanguageJob, LanguageTask
 from sparring.language.toy import safety_task, topic_prompts, topic_texts, word_tokenizer
 from sparring.language.view import PromptView, continuation_logits, decoder_layers
 from sparring.language.warden import WARDEN
@@ -56,4 +62,5 @@ __all__ = [
     "LanguageReport", "AttackOutcome", "compare",
     "CausalLMTarget", "EmbeddingSpace", "TextClassifier", "embedding_scale", "padding_free",
     "safety_task", "topic_prompts", "topic_texts", "word_tokenizer", "load_pretrained",
+    "LanguageRunConfig", "LanguageTask", "LanguageJob", "LanguageEpochData",
 ]

@@ -24,6 +24,7 @@ from sparring.files import atomic_write_json, atomic_write_text
 from sparring.report import plots
 from sparring.report.html import HTML_FILE, figure_png, format_seconds, render_template
 from sparring.report.schema import REPORT_FILE
+from sparring.report.views import VIEWS, View
 
 ASR_COLOR = "#d9662b"
 UTILITY_COLOR = "#3b6fb6"
@@ -251,4 +252,80 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-__all__ = ["AttackOutcome", "LanguageReport", "compare"]
+# ---- the run pipeline's report view (task: language) -------------------------------------------------------------
+
+
+def load_run_report(run_dir: str | Path) -> dict[str, Any]:
+    """The ``report.json`` of a language run folder; a RunFolderError line unless it is one (task "language" and a
+    "language" block)."""
+    path = Path(run_dir) / REPORT_FILE
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"{path}: cannot be read as JSON ({' '.join(str(error).split())})") from None
+    if not isinstance(report, dict) or report.get("task") != "language":
+        task = report.get("task") if isinstance(report, dict) else None
+        raise RunFolderError(f"{path}: not a language-model run report (task {task!r}, expected 'language')")
+    if not isinstance(report.get("language"), dict):
+        raise RunFolderError(f"{path}: has no \"language\" block (ASR, utility, over-refusal); rerun the evaluation")
+    return report
+
+
+def write_run_html(run_dir: str | Path) -> Path:
+    """(Re)write ``run_dir/report.html`` from its ``report.json``'s language block; the path written."""
+    run_dir = Path(run_dir)
+    report = load_run_report(run_dir)
+    block = LanguageReport.from_dict(report["language"])
+    out = run_dir / HTML_FILE
+    atomic_write_text(out, block.html(title=str(report.get("run_name") or run_dir.name)))
+    return out
+
+
+def run_headline(report: Mapping[str, Any]) -> dict[str, float | None]:
+    """The figures ``sparring compare`` puts side by side: ASR per attack, utility accuracy, over-refusal."""
+    summary = (report.get("language") or {}).get("summary") or {}
+    out: dict[str, float | None] = {f"ASR {name}": value for name, value in (summary.get("asr") or {}).items()}
+    out["utility accuracy"] = summary.get("utility_accuracy")
+    out["over-refusal"] = summary.get("over_refusal")
+    return out
+
+
+def run_summary_table(report: Mapping[str, Any]) -> Any:
+    """A terminal table: ASR per attack (with the mean target NLL), utility loss and accuracy, over-refusal."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    block = report.get("language") or {}
+    summary = block.get("summary") or {}
+    objective = report.get("objective")
+    objective_name = objective.get("name") if isinstance(objective, Mapping) else objective
+    title = " · ".join(str(part) for part in (report.get("run_name"), objective_name) if part)
+    table = Table(title=escape(title or "language run"), title_justify="left", title_style="bold")
+    table.add_column("", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("note", overflow="fold")
+    for name, outcome in (block.get("attacks") or {}).items():
+        n = len(outcome.get("complied", [])) if isinstance(outcome, Mapping) else 0
+        nll = outcome.get("mean_target_nll") if isinstance(outcome, Mapping) else None
+        asr = (summary.get("asr") or {}).get(name)
+        table.add_row(escape(f"ASR {name}"), _pct(asr), f"[dim]{n} behaviours, target NLL {_num(nll)}[/]")
+    utility = block.get("utility") or {}
+    table.add_row("utility loss", _num(summary.get("utility_loss")),
+                  f"[dim]response NLL, {len(utility.get('losses', []))} chats[/]")
+    table.add_row("utility accuracy", _pct(summary.get("utility_accuracy")), "[dim]teacher-forced tokens[/]")
+    refusal = block.get("over_refusal") or {}
+    table.add_row("over-refusal", _pct(summary.get("over_refusal")),
+                  f"[dim]{len(refusal.get('refused', []))} benign prompts[/]")
+    injection = report.get("injection")
+    if isinstance(injection, Mapping):
+        table.add_row("near-target ASR", _pct(injection.get("near_target_asr")),
+                      f"[dim]{injection.get('n')} injection tasks[/]")
+    return table
+
+
+VIEWS.register("language")(View(load=load_run_report, write_html=write_run_html, summary_table=run_summary_table,
+                                headline=run_headline))
+
+
+__all__ = ["AttackOutcome", "LanguageReport", "compare", "load_run_report", "run_headline", "run_summary_table",
+           "write_run_html"]
