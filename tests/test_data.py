@@ -103,7 +103,8 @@ def test_unknown_source_lists_accepted() -> None:
     with pytest.raises(DataError, match=r"accepted: .*\.npz") as error:
         load_data("mnist")
     listed = str(error.value).split("accepted: ")[1].split(", or")[0].split(", ")
-    assert sorted(listed) == sorted(["digits", "mnist1d", "shapes", "modelnet40", "scanobjectnn", "cifar10", "cifar100"])
+    assert sorted(listed) == sorted(["digits", "mnist1d", "shapes", "modelnet40", "scanobjectnn", "cifar10",
+                                     "cifar100"])
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR
