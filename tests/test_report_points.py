@@ -9,9 +9,10 @@ import pytest
 from matplotlib.colors import to_rgba
 from test_report import DATA_URI, fake_report, make_run, without_images
 
+from sparring.points.report import cloud_examples_figure
 from sparring.report import write_html
 from sparring.report.html import read_examples, render_report
-from sparring.report.plots import EVENT_COLOR, cloud_examples_figure
+from sparring.report.plots import EVENT_COLOR
 
 N_POINTS = 64
 

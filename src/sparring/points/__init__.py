@@ -8,6 +8,7 @@ coordinates. Attacks move the coordinates through the same core as images.
 """
 
 import sparring.points.attacks  # noqa: F401  (registers point_drop, point_add, knn)
+import sparring.points.report  # noqa: F401  (registers the point-cloud example figure)
 from sparring.points.data import (
     SHAPES,
     farthest_point_sample,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from jinja2 import ChoiceLoader, Environment, PackageLoader, StrictUndefined, se
 
 from sparring.errors import RunFolderError
 from sparring.files import atomic_write_text
+from sparring.registry import Registry
 from sparring.report import plots
 from sparring.report.compare import ComparedRun, ThreatGroup, compare_runs
 from sparring.report.schema import (
@@ -110,15 +112,44 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     return rows, (f"{bad} malformed line(s) of {path.name} were skipped." if bad else None)
 
 
-def _is_point_clouds(array: np.ndarray) -> bool:
-    """Whether ``array`` is laid out as a batch of xyz point clouds: floating (N,P,3)."""
-    return array.ndim == 3 and array.shape[2] == 3 and np.issubdtype(array.dtype, np.floating)
+@dataclass(frozen=True)
+class ExampleFigure:
+    """A layout of ``examples.npz`` the report draws: which ``clean`` arrays it ``accepts``, the ``problem`` with a
+    (clean, adv) pair it accepts but cannot draw (None: none), the ``figure`` and its title and caption. Images are
+    the core's; a domain registers its own (the point clouds' ``clouds``)."""
+
+    accepts: Callable[[np.ndarray], bool]
+    problem: Callable[[np.ndarray, np.ndarray], str | None]
+    figure: Callable[[Mapping[str, np.ndarray], Sequence[str]], Any]
+    title: str
+    caption: str
+
+
+EXAMPLE_FIGURES: Registry[ExampleFigure] = Registry("example figure")
+
+
+def _image_problem(clean: np.ndarray, adv: np.ndarray) -> str | None:
+    if clean.shape != adv.shape or clean.shape[1] not in (1, 3) or len(clean) == 0:
+        return f"clean {clean.shape} / adv {adv.shape} are not (N,1|3,H,W) images; no example grid."
+    return None
+
+
+EXAMPLE_FIGURES.register("images")(ExampleFigure(
+    accepts=lambda clean: clean.ndim == 4, problem=_image_problem, figure=plots.examples_figure,
+    title="clean, adversarial and perturbation images",
+    caption="Top: clean inputs with true label and prediction. Middle: adversarial inputs with their prediction "
+            "(red: fooled). Bottom: the perturbation, amplified and centred at grey.",
+))
+
+
+def example_figure_for(clean: np.ndarray) -> ExampleFigure | None:
+    """The registered figure that draws ``clean``'s layout (None: tabular rows, tokens, embeddings)."""
+    return next((f for name in EXAMPLE_FIGURES.names() if (f := EXAMPLE_FIGURES.get(name)).accepts(clean)), None)
 
 
 def read_examples(path: Path) -> tuple[dict[str, np.ndarray] | None, str | None]:
-    """The arrays of ``examples.npz`` if they make an example figure, else ``None`` and the reason (if any).
-
-    ``clean`` and ``adv`` must be (N,1|3,H,W) images or floating (N,P,3) point clouds, of the same shape.
+    """The arrays of ``examples.npz`` if a registered :class:`ExampleFigure` draws them, else ``None`` and the
+    reason (if any): (N,1|3,H,W) images, floating (N,P,3) point clouds, ``clean`` and ``adv`` of the same shape.
     Other layouts (tabular rows, tokens, embeddings) give neither a figure nor a note.
     """
     if not path.is_file():
@@ -131,26 +162,22 @@ def read_examples(path: Path) -> tuple[dict[str, np.ndarray] | None, str | None]
     missing = [key for key in ("clean", "adv") if key not in arrays]
     if missing:
         return None, f"{path.name} lacks {', '.join(missing)}; no example grid."
-    clean, adv = arrays["clean"], arrays["adv"]
-    if _is_point_clouds(clean):
-        if clean.shape != adv.shape or clean.size == 0:
-            shapes = f"clean {clean.shape} / adv {adv.shape}"
-            return None, f"{path.name}: {shapes} are not matching (N,P,3) point clouds; no example plot."
-        return arrays, None
-    if clean.ndim != 4:
-        return None, None  # not images nor point clouds (tabular, tokens): no grid, nothing wrong
-    if clean.shape != adv.shape or clean.shape[1] not in (1, 3) or len(clean) == 0:
-        return None, f"{path.name}: clean {clean.shape} / adv {adv.shape} are not (N,1|3,H,W) images; no example grid."
-    return arrays, None
+    drawer = example_figure_for(arrays["clean"])
+    if drawer is None:
+        return None, None  # no figure for this layout, nothing wrong
+    problem = drawer.problem(arrays["clean"], arrays["adv"])
+    return (None, f"{path.name}: {problem}") if problem else (arrays, None)
 
 
-def _examples(examples: Mapping[str, np.ndarray] | None, class_names: Sequence[str]) -> tuple[str | None, str]:
-    """The example figure (base64 PNG or ``None``) and its kind: ``"clouds"`` or ``"images"``."""
+def _examples(examples: Mapping[str, np.ndarray] | None,
+              class_names: Sequence[str]) -> tuple[str | None, ExampleFigure | None]:
+    """The example figure (base64 PNG or ``None``) and the entry that drew it."""
     if examples is None or "clean" not in examples or "adv" not in examples:
-        return None, "images"
-    if _is_point_clouds(np.asarray(examples["clean"])):
-        return figure_png(plots.cloud_examples_figure(examples, class_names)), "clouds"
-    return figure_png(plots.examples_figure(examples, class_names)), "images"
+        return None, None
+    drawer = example_figure_for(np.asarray(examples["clean"]))
+    if drawer is None:
+        return None, None
+    return figure_png(drawer.figure(examples, class_names)), drawer
 
 
 # -- one run -------------------------------------------------------------------------------------------
@@ -345,7 +372,7 @@ def render_report(
     class_names = [str(n) for n in data.get("class_names") or []]
     training = report.get("training") if isinstance(report.get("training"), dict) else {}
     threat = report.get("threat") or {}
-    examples_img, examples_kind = _examples(examples, class_names)
+    examples_img, drawer = _examples(examples, class_names)
     context = {
         "title": title or str(report.get("run_name") or report.get("objective")),
         "meta": _meta(report),
@@ -372,7 +399,8 @@ def render_report(
             "training": figure_png(plots.training_figure(metrics, training.get("events") or [])),
             "examples": examples_img,
         },
-        "examples_kind": examples_kind,
+        "examples_title": drawer.title if drawer else "",
+        "examples_caption": drawer.caption if drawer else "",
     }
     return render_template("report.html", **context)
 
