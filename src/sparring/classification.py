@@ -24,7 +24,7 @@ from sparring.files import atomic_write_json
 from sparring.models import build_model, with_normalization
 from sparring.objectives import Objective
 from sparring.runtime import trackers
-from sparring.runtime.checkpoint import save_weights
+from sparring.runtime.checkpoint import load_weights, save_weights
 from sparring.tasks import TASKS, Job, Notify, Task
 from sparring.train import TrainConfig, Trainer, TrainResult
 
@@ -101,6 +101,9 @@ class ClassificationJob(Job):
 
     def save_model(self, folder: Path) -> None:
         save_model(self.model, folder, config=self.config, data=self.train_data)
+
+    def load_trained(self, folder: Path) -> None:
+        load_weights(self.model, folder / "model.safetensors")
 
     def evaluate(self, out: Path, *, progress: bool, notify: Notify) -> dict[str, Any] | None:
         config = self.config

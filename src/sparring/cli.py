@@ -122,11 +122,14 @@ def train(
 
 @app.command(name="eval")
 def eval_(
-    model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
-    data: Annotated[str, typer.Option(
+    model: Annotated[str, typer.Option("--model", help=MODEL_HELP + " A run folder of another task (points, recsys, "
+                                       "language) is evaluated again by its own task, without --data and --eps.")],
+    data: Annotated[str | None, typer.Option(
         "--data", help="digits, cifar10, cifar100 (their test split), a .npz file with x and y (NCHW or NHWC, float "
-        "or uint8; evaluated whole, or its x_test/y_test) or an image folder (one sub-folder per class; its test/).")],
-    eps: EpsOption,
+        "or uint8; evaluated whole, or its x_test/y_test) or an image folder (one sub-folder per class; its test/). "
+        "Required unless --model is a run folder of another task.")] = None,
+    eps: Annotated[str | None, typer.Option(
+        "--eps", help="Radius of the threat model in input units: 0.03 or 8/255. Required with --data.")] = None,
     norm: NormOption = "linf",
     checkpoint: CheckpointOption = None,
     data_root: Annotated[str | None, typer.Option("--data-root", help="Folder or archive of CIFAR.")] = None,
@@ -166,6 +169,19 @@ def eval_(
     from sparring.models.loading import load_model
     from sparring.runtime.distributed import is_main_process
 
+    task = _run_task(model)
+    if task is not None and task != "classification":  # a finished run of another task: its task evaluates it
+        from sparring.experiment import evaluate_run
+
+        run_dir = Path(model).parent if Path(model).name == "checkpoints" else Path(model)
+        folder = out or Path("runs") / f"eval-{run_dir.resolve().name}"
+        report = evaluate_run(run_dir, folder, overwrite=overwrite, progress=not quiet, notify=_notify)
+        if report is not None:
+            _show(report, folder)
+        return
+    if data is None or eps is None:
+        raise ConfigError(f"{'--data' if data is None else '--eps'} is required to evaluate a model (a run folder of "
+                          "another task needs neither)")
     threat = _threat(norm, eps, no_bounds)
     if suite not in SUITES:
         raise ConfigError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
@@ -253,6 +269,24 @@ def attack(
         f"{result.path}: {result.n} adversarial examples, success rate {result.success_rate:.3f}, "
         f"{result.throughput:,.0f} examples/s{resumed}"
     )
+
+
+def _run_task(model: str) -> str | None:
+    """The task of a run folder given as ``--model`` (RUN or RUN/checkpoints; None when it is not one)."""
+    import yaml
+
+    folder = Path(model)
+    if folder.name == "checkpoints":
+        folder = folder.parent
+    path = folder / "config.yaml"
+    if not (path.is_file() and (folder / "checkpoints").is_dir()):
+        return None
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # the model loader names the problem
+    task = raw.get("task", "classification") if isinstance(raw, dict) else None
+    return task if isinstance(task, str) else None
 
 
 def _predicted(net: Any, saved: Path | None, layer: str | None, train: Any, out: Path, seed: int) -> Any:

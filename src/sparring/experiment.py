@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 
 from sparring.attacks import Attack
-from sparring.config import load_config
+from sparring.config import load_any_config, load_config
 from sparring.data import Dataset
 from sparring.errors import RunFolderError, SparringError
 from sparring.evaluate import build_report, describe_data, evaluate, parameters, write_run_report
@@ -160,6 +160,42 @@ def run_experiment(
         job.close()
 
 
+def evaluate_run(
+    run_dir: Path,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    notify: Notify | None = None,
+) -> dict[str, Any] | None:
+    """Evaluate a finished run of any task again (``sparring eval --model RUN``): its ``config.yaml`` says the task
+    and how to rebuild data and model, its ``checkpoints/`` hold the trained model; the report goes to a new run
+    folder ``out`` (the run itself is never touched). Returns report.json's dict (None on other processes)."""
+    notify = notify or (lambda message: None)
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints").is_dir():
+        raise RunFolderError(f"{run_dir}: not a finished sparring run (it needs config.yaml and checkpoints/)")
+    if Path(out).resolve() == run_dir.resolve():
+        raise RunFolderError(f"--out {out} is the run being evaluated; choose another folder")
+    config = load_any_config(run_dir / "config.yaml")
+    task = TASKS.get(getattr(config, "task", DEFAULT_TASK))()
+    job = task.prepare(config)
+    job.load_trained(run_dir / "checkpoints")
+    try:
+        with claim_run_dir(Path(out), kind="eval", overwrite=overwrite) as out:
+            notify(f"evaluating the {task.name} run {run_dir} → {out}")
+            body = job.evaluate(out, progress=progress and is_main_process(), notify=notify)
+            if not is_main_process() or body is None:
+                return None
+            report = {**header(task=task.name, run_name=out.name, threat=job.threat()), **body,
+                      "evaluated_run": str(run_dir)}
+            write_json(report, out / "report.json")
+            VIEWS.get(task.view).write_html(out)
+            return report
+    finally:
+        job.close()
+
+
 def evaluate_model(
     model: nn.Module,
     test_data: Dataset,
@@ -222,4 +258,5 @@ def demo_config_path(name: str) -> Path:
 
 
 
-__all__ = ["run_experiment", "run_demo", "evaluate_model", "prepare_run_dir", "claim_run_dir", "check_run_dir"]
+__all__ = ["run_experiment", "run_demo", "evaluate_model", "evaluate_run", "prepare_run_dir", "claim_run_dir",
+           "check_run_dir"]

@@ -66,6 +66,11 @@ class Job(ABC):
         run). The header (schema version, task, run metadata, threat) is added by the pipeline from
         :meth:`threat` and ``config``."""
 
+    def load_trained(self, folder: Path) -> None:
+        """Load the model :meth:`save_model` wrote into ``folder`` (a finished run's ``checkpoints/``), so that
+        :meth:`evaluate` measures it again (``sparring eval --model RUN``)."""
+        raise ConfigError(f"re-evaluating a saved run is not supported by {type(self).__name__}")
+
     def threat(self) -> dict[str, Any] | None:
         """The threat model the evaluation measured, as plain data for the report header (None: none)."""
         return None

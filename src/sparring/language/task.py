@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparring.errors import ConfigError, DataError
+from sparring.errors import ConfigError, DataError, RunFolderError
 from sparring.files import atomic_write_json
 from sparring.language.prompt_attack import PromptAttack
 from sparring.language.run_config import LanguageRunConfig, LoraSection, describe_objective
@@ -175,6 +175,22 @@ class LanguageJob(Job):
             "load": ("peft.PeftModel.from_pretrained(base_model, folder)" if kind == "lora_adapter"
                      else "AutoModelForCausalLM.from_pretrained(folder)"),
         })
+
+    def load_trained(self, folder: Path) -> None:
+        """The adapter (or whole model) :meth:`save_model` wrote, onto the base this config builds."""
+        if self.config.lora is not None:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            path = Path(folder) / "adapter" / "adapter_model.safetensors"
+            if not path.is_file():
+                raise RunFolderError(f"{path}: no saved adapter; the run did not finish training")
+            set_peft_model_state_dict(self.model, load_file(path))
+        else:
+            path = Path(folder) / "model"
+            if not path.is_dir():
+                raise RunFolderError(f"{path}: no saved model; the run did not finish training")
+            self.model = type(self.model).from_pretrained(path, local_files_only=True, use_safetensors=True)
 
     def evaluate(self, out: Path, *, progress: bool, notify: Notify) -> dict[str, Any] | None:
         from sparring.language.evaluate import default_attacks, evaluate_language

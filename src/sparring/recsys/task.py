@@ -41,7 +41,7 @@ from sparring.recsys.metrics import ranking_metrics
 from sparring.recsys.models import RECOMMENDERS, Recommender, build_recommender
 from sparring.recsys.promotion import PromotionAttack, anchor_users, pick_targets
 from sparring.recsys.train import fit
-from sparring.runtime.checkpoint import save_weights
+from sparring.runtime.checkpoint import load_weights, save_weights
 from sparring.tasks import TASKS, Job, Notify, Task
 
 TASK = "recsys"
@@ -276,6 +276,9 @@ class RecsysJob(Job):
 
     def save_model(self, folder: Path) -> None:
         save_recommender(self.model, folder, config=self.config, data=self.data)
+
+    def load_trained(self, folder: Path) -> None:
+        load_weights(self.model, folder / "model.safetensors")
 
     def evaluate(self, out: Path, *, progress: bool, notify: Notify) -> dict[str, Any] | None:
         config, data, model = self.config, self.data, self.model
