@@ -76,3 +76,29 @@ def test_a_run_resumes_with_another_process_count(runs) -> None:
         torch.testing.assert_close(mixed[name], one[name], atol=1e-6, rtol=1e-5)
     lines = (runs["mixed"] / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+
+
+def test_a_recommender_trains_on_two_processes_as_on_one(tmp_path) -> None:
+    """Recommenders train on the core Trainer, so `torchrun` runs them too: BPR with the regularizer hook on 2
+    processes (each batch split in halves) ends with the single process's weights."""
+    import yaml
+    from test_recsys_run import tiny
+
+    raw = tiny(objective={"name": "standard"}, train={"epochs": 2, "batch_size": 72})  # 360 pairs: 5 even batches
+    raw["eval"] = {"ks": [5], "promotion": None}
+    (tmp_path / "rec.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, processes in (("one", 1), ("two", 2)):
+        launcher = [sys.executable] if processes == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+        command = [*launcher, "-m", "sparring.cli", "run", str(tmp_path / "rec.yaml"), "--out",
+                   str(tmp_path / name), "-q"]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one = load_file(str(tmp_path / "one" / "checkpoints" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "checkpoints" / "model.safetensors"))
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-6, rtol=1e-5)
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
