@@ -32,7 +32,7 @@ from sparring.report import write_comparison, write_json
 from sparring.report.views import VIEWS, header
 from sparring.runtime.distributed import broadcast, is_main_process
 from sparring.runtime.run_folder import MARKER, RunFolder, folder_lock, not_ours
-from sparring.tasks import DEFAULT_TASK, TASKS
+from sparring.tasks import DEFAULT_TASK, TASKS, Job, Task
 from sparring.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -152,12 +152,17 @@ def run_experiment(
             body = job.evaluate(out, progress=progress and main, notify=notify)
             if not main or body is None:
                 return None
-            report = {**header(task=task.name, run_name=config.name or out.name, threat=job.threat()), **body}
-            write_json(report, out / "report.json")
-            VIEWS.get(task.view).write_html(out)
-            return report
+            return write_task_report(out, task, job, body, run_name=config.name or out.name)
     finally:
         job.close()
+
+
+def write_task_report(out: Path, task: Task, job: Job, body: dict[str, Any], *, run_name: str) -> dict[str, Any]:
+    """report.json (the common header, then the task's blocks) and report.html (the task's view) in ``out``."""
+    report = {**header(task=task.name, run_name=run_name, threat=job.threat()), **body}
+    write_json(report, out / "report.json")
+    VIEWS.get(task.view).write_html(out)
+    return report
 
 
 def evaluate_run(
@@ -187,11 +192,7 @@ def evaluate_run(
             body = job.evaluate(out, progress=progress and is_main_process(), notify=notify)
             if not is_main_process() or body is None:
                 return None
-            report = {**header(task=task.name, run_name=out.name, threat=job.threat()), **body,
-                      "evaluated_run": str(run_dir)}
-            write_json(report, out / "report.json")
-            VIEWS.get(task.view).write_html(out)
-            return report
+            return write_task_report(out, task, job, {**body, "evaluated_run": str(run_dir)}, run_name=out.name)
     finally:
         job.close()
 

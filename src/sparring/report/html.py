@@ -508,6 +508,19 @@ def render_comparison(groups: Sequence[ThreatGroup], *, page_dir: Path, title: s
     )
 
 
+def comparison_path(out: Path) -> Path:
+    """Where a comparison page goes: ``out`` (a folder gets ``comparison.html``); a RunFolderError if a file is
+    there that sparring compare did not write (it is never overwritten)."""
+    out = Path(out)
+    if out.is_dir():
+        out = out / COMPARISON_FILE
+    if out.exists() and not (out.is_file() and is_comparison_page(out)):
+        raise RunFolderError(
+            f"{out} exists and is not a comparison page written by sparring; choose another output path or remove it"
+        )
+    return out
+
+
 def write_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
     """Write one HTML page comparing runs, grouped by threat model; return its path.
 
@@ -524,13 +537,7 @@ def write_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
             sparring did not write is never overwritten).
     """
     groups = compare_runs(run_dirs)
-    out = Path(out)
-    if out.is_dir():
-        out = out / COMPARISON_FILE
-    if out.exists() and not (out.is_file() and is_comparison_page(out)):
-        raise RunFolderError(
-            f"{out} exists and is not a comparison page written by sparring; choose another output path or remove it"
-        )
+    out = comparison_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, render_comparison(groups, page_dir=out.parent))
     return out

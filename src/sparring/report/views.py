@@ -28,7 +28,7 @@ from rich.table import Table
 from sparring.errors import RunFolderError
 from sparring.files import atomic_write_text
 from sparring.registry import Registry
-from sparring.report.html import COMPARISON_FILE, COMPARISON_MARKER, is_comparison_page, write_html
+from sparring.report.html import COMPARISON_MARKER, comparison_path, write_html
 from sparring.report.schema import REPORT_FILE, SCHEMA_VERSION, is_number, load_report, worst_case
 from sparring.report.terminal import summary_table
 from sparring.version import __version__
@@ -110,13 +110,7 @@ def compare_headlines(run_dirs: Sequence[Path], out: Path) -> tuple[Path, list[T
     for run_dir in run_dirs:
         view = view_of(run_dir)
         by_task.setdefault(task_of_report(run_dir), []).append((Path(run_dir), view.load(run_dir)))
-    out = Path(out)
-    if out.is_dir():
-        out = out / COMPARISON_FILE
-    if out.exists() and not (out.is_file() and is_comparison_page(out)):
-        raise RunFolderError(
-            f"{out} exists and is not a comparison page written by sparring; choose another output path or remove it"
-        )
+    out = comparison_path(out)
     tables, sections = [], []
     for task, runs in by_task.items():
         rows = [(run_dir, VIEWS.get(task).headline(report)) for run_dir, report in runs]
