@@ -105,9 +105,10 @@ def test_the_points_task_runs_with_point_cloud_defaults(tmp_path):
     from sparring.config import load_any_config
 
     path = tmp_path / "points.yaml"
-    path.write_text("task: points\nobjective: {name: mapr}\ntrain: {epochs: 1, batch_size: 64, val_size: 32}\n"
-                    "eval: {suite: fast, max_samples: 16, eps_curve: [0.0, 0.02]}\n")
-    cfg = load_any_config(path)
+    path.write_text("task: points\nmodel: {width: 8}\nobjective: {name: mapr}\n"
+                    "train: {epochs: 1, batch_size: 128, val_size: 16, val_attack_steps: 1}\n"
+                    "eval: {suite: fast, max_samples: 8, eps_curve: [0.02]}\n")
+    cfg = load_any_config(path)  # `model:` names no architecture: PointNet all the same
     assert (cfg.data.source, cfg.model.name, cfg.eval.threat.bounds) == ("shapes", "pointnet", None)
     report = run_experiment(cfg, tmp_path / "run", progress=False)
     assert report["task"] == "points" and report["threat"]["bounds"] is None

@@ -32,8 +32,13 @@ class PointsRunConfig(RunConfig):
     eval: EvalSpec = Field(default_factory=lambda: EvalSpec(threat=_point_threat()))
 
     @model_validator(mode="after")
-    def _point_threat_by_default(self) -> PointsRunConfig:
-        if self.eval.threat is None:  # an eval section that names no threat: the point-cloud one
+    def _point_defaults_within_sections(self) -> PointsRunConfig:
+        """A section that is written but leaves a key out gets the point-cloud default, not the image one."""
+        if "source" not in self.data.model_fields_set:
+            self.data.source = "shapes"
+        if "name" not in self.model.model_fields_set:
+            self.model.name = "pointnet"
+        if self.eval.threat is None:
             self.eval.threat = _point_threat()
         return self
 
