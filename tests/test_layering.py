@@ -40,12 +40,11 @@ def _targets(node: ast.AST, package: str, known: Container[str]) -> Iterator[str
             module = ".".join(base + ([node.module] if node.module else []))
         else:
             module = node.module or ""
-        submodules = [f"{module}.{alias.name}" for alias in node.names if f"{module}.{alias.name}" in known]
-        # `from pkg import submodule` depends on the submodule; `from pkg import name` on pkg's __init__. (Importing
-        # any module runs its parent packages' __init__ first: that edge is implied for every module and not drawn.)
-        yield from submodules
-        if len(submodules) < len(node.names):
-            yield module
+        # `from pkg import submodule` depends on the submodule and, named outright, on pkg's __init__ (write
+        # `import pkg.submodule as submodule` to depend on the submodule alone). Importing any module runs its
+        # parent packages' __init__ first: that edge is implied for every module and not drawn.
+        yield from (f"{module}.{alias.name}" for alias in node.names if f"{module}.{alias.name}" in known)
+        yield module
 
 
 def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
@@ -150,8 +149,10 @@ def test_the_checks_see_what_they_should() -> None:
         (root / "recsys").mkdir(parents=True)
         files = {
             "__init__.py": "",
-            "a.py": "from sparring import b\n",
+            "a.py": "import sparring.b as b\n",
             "b.py": "def f():\n    from .a import g\n",  # deferred and relative: still a dependency
+            "c.py": "from sparring import d\n",  # names the package: depends on its __init__ too
+            "d.py": "",
             "core.py": "import sparring.recsys.train\n",
             "recsys/__init__.py": "",
             "recsys/train.py": "import torch\nopt = torch.optim.Adam([])\nfrom sparring.core import x\n",
@@ -160,6 +161,7 @@ def test_the_checks_see_what_they_should() -> None:
             (root / name).write_text(text)
         graph = import_graph(root)
         assert core_to_domain(graph) == [("sparring.core", "sparring.recsys.train")]
+        assert graph["sparring.c"] == {"sparring", "sparring.d"} and graph["sparring.a"] == {"sparring.b"}
         assert sorted(circles(graph)) == [["sparring.a", "sparring.b"], ["sparring.core", "sparring.recsys.train"]]
         assert domain_optimizer_loops(root) == ["sparring.recsys.train: torch.optim.Adam"]
 

@@ -17,13 +17,13 @@ import torch
 import yaml
 from torch import nn
 
+import sparring.runtime.trackers as trackers
 from sparring.config import RunConfig, check_run_config
 from sparring.data import Dataset, load_data, long_tail
 from sparring.evaluate import build_report, describe_data, evaluate, parameters
 from sparring.files import atomic_write_json
 from sparring.models import build_model, with_normalization
 from sparring.objectives import Objective
-from sparring.runtime import trackers
 from sparring.runtime.checkpoint import load_weights, save_weights
 from sparring.tasks import TASKS, Job, Notify, Task
 from sparring.train import TrainConfig, Trainer, TrainResult

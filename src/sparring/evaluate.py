@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sparring import checks as checks_
+import sparring.checks as checks_
 from sparring.attacks import APGD, Attack, Square
 from sparring.attacks.base import PRECISIONS, row_mask
 from sparring.attacks.cascade import NOT_BROKEN, Cascade, as_cascade, check_attacks_fit

@@ -40,12 +40,12 @@ from accelerate.utils import DataLoaderConfiguration
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
+import sparring.runtime.trackers as trackers
 from sparring.attacks import PGD, Attack
 from sparring.data.epochs import EpochData, Rows, TensorData, as_is
 from sparring.errors import ConfigError, RunFolderError, SparringError
 from sparring.files import atomic_write_text
 from sparring.objectives import Objective, threat_of
-from sparring.runtime import trackers
 from sparring.runtime.checkpoint import CheckpointDir
 from sparring.runtime.compile import compiled
 from sparring.runtime.trackers import check_trackers

@@ -44,7 +44,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from sparring import progress
+import sparring.progress as progress
 from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem, row_mask
 from sparring.errors import ConfigError
 from sparring.gradients import GradientSource

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sparring import progress
+import sparring.progress as progress
 from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem, success_of
 from sparring.errors import ConfigError, ThreatModelError
 

@@ -19,9 +19,9 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+import sparring.report.plots as plots
 from sparring.errors import RunFolderError
 from sparring.files import atomic_write_json, atomic_write_text
-from sparring.report import plots
 from sparring.report.html import HTML_FILE, figure_png, format_seconds, render_template
 from sparring.report.schema import REPORT_FILE
 from sparring.report.views import VIEWS, View

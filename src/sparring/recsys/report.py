@@ -20,9 +20,9 @@ from matplotlib.ticker import NullFormatter, PercentFormatter
 from rich.markup import escape
 from rich.table import Table
 
+import sparring.report.plots as plots
 from sparring.errors import RunFolderError
 from sparring.files import atomic_write_text
-from sparring.report import plots
 from sparring.report.html import HTML_FILE, METRICS_FILE, figure_png, format_seconds, read_metrics, render_template
 from sparring.report.schema import REPORT_FILE, is_number
 from sparring.report.views import VIEWS, View

@@ -21,10 +21,10 @@ from urllib.parse import quote
 import numpy as np
 from jinja2 import ChoiceLoader, Environment, PackageLoader, StrictUndefined, select_autoescape
 
+import sparring.report.plots as plots
 from sparring.errors import RunFolderError
 from sparring.files import atomic_write_text
 from sparring.registry import Registry
-from sparring.report import plots
 from sparring.report.compare import ComparedRun, ThreatGroup, compare_runs
 from sparring.report.schema import (
     REPORT_FILE,
