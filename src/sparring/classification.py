@@ -8,13 +8,11 @@ point-cloud defaults (:mod:`sparring.points.task`).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 import sparring.runtime.trackers as trackers
@@ -53,9 +51,7 @@ def resolved_config(config: RunConfig, objective: Objective, train_cfg: TrainCon
     """The config with every default filled in; running it again reproduces the run."""
     resolved = config.model_dump(mode="json")
     resolved["objective"] = objective.describe()
-    resolved["train"] = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k != "progress"}
-    resolved["train"]["milestones"] = list(train_cfg.milestones)
-    resolved["train"]["trackers"] = list(train_cfg.trackers)
+    resolved["train"] = train_cfg.settings()
     return resolved
 
 
@@ -95,7 +91,7 @@ class ClassificationJob(Job):
         )
         if self.train_cfg.trackers:
             trackers.start(self.trainer.accelerator, project=self.config.name or out.name, run_name=out.name,
-                           config=yaml.safe_load(yaml.safe_dump(self.resolved())))
+                           config=self.resolved())
         self.result = self.trainer.fit(resume=resume)
         self.model = self.trainer.accelerator.unwrap_model(self.trainer.model, keep_torch_compile=False)
 

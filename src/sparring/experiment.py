@@ -32,7 +32,7 @@ from sparring.report import write_comparison, write_json
 from sparring.report.views import VIEWS, header
 from sparring.runtime.distributed import broadcast, is_main_process
 from sparring.runtime.run_folder import MARKER, RunFolder, folder_lock, not_ours
-from sparring.tasks import DEFAULT_TASK, TASKS, Job, Task
+from sparring.tasks import TASKS, Job, Task
 from sparring.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def run_experiment(
     header plus the task's blocks) and ``report.html`` (the task's view).
     """
     notify = notify or (lambda message: None)
-    task = TASKS.get(getattr(config, "task", DEFAULT_TASK))()
+    task = TASKS.get(config.task)()
     job = task.prepare(config)
     main = is_main_process()  # under torchrun / accelerate launch: rank 0 writes, every rank trains and evaluates
     try:
@@ -183,7 +183,7 @@ def evaluate_run(
     if Path(out).resolve() == run_dir.resolve():
         raise RunFolderError(f"--out {out} is the run being evaluated; choose another folder")
     config = load_any_config(run_dir / "config.yaml")
-    task = TASKS.get(getattr(config, "task", DEFAULT_TASK))()
+    task = TASKS.get(config.task)()
     job = task.prepare(config)
     job.load_trained(run_dir / "checkpoints")
     try:

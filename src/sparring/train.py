@@ -105,6 +105,11 @@ class TrainConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     trackers: tuple[str, ...] = ()
 
+    def settings(self) -> dict[str, Any]:
+        """The settings as plain config data (what a resolved ``config.yaml`` holds; ``progress`` is not one)."""
+        out = {k: v for k, v in asdict(self).items() if k != "progress"}
+        return {**out, "milestones": list(self.milestones), "trackers": list(self.trackers)}
+
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accumulation", "val_attack_steps"):
             if getattr(self, name) < 1:
@@ -247,6 +252,7 @@ class Trainer:
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, loader, scheduler
         )
+        self.module = self._unwrapped()  # the model itself, for hooks that call its own methods (recsys' regularizer)
         if self.cfg.compile:  # after prepare, the order accelerate itself uses
             self.model = compiled(self.model, mode=self.cfg.compile_mode)
         objective.bind_optimizer(self.optimizer)  # objectives that replay a batch (Free-AT) step it themselves
@@ -335,7 +341,7 @@ class Trainer:
                     out = self.objective(model, x, y, generator=generator)
                     loss = out.total()
                     if self.regularizer is not None:
-                        reg = self.regularizer(self._unwrapped(), x)
+                        reg = self.regularizer(self.module, x)
                         out.metrics = {**out.metrics, "objective_loss": loss.detach(), "regularizer": reg.detach()}
                         loss = loss + reg
                 acc.backward(loss)

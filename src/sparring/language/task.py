@@ -39,7 +39,6 @@ are still what the ASR is measured on, and the held-out injection tasks add a ne
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -139,9 +138,7 @@ class LanguageJob(Job):
     def resolved(self) -> dict[str, Any]:
         resolved = self.config.model_dump(mode="json")
         resolved["objective"] = describe_objective(self.objective)
-        train = {k: v for k, v in dataclasses.asdict(self.train_cfg).items() if k not in ("progress", "seed")}
-        train["milestones"] = list(self.train_cfg.milestones)
-        train["trackers"] = list(self.train_cfg.trackers)
+        train = {k: v for k, v in self.train_cfg.settings().items() if k != "seed"}  # the seed is the config's
         resolved["train"] = {**train, "utility_ratio": self.utility_ratio, "max_length": self.max_length}
         return resolved
 
