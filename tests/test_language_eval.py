@@ -217,7 +217,7 @@ def test_evaluate_language_measures_asr_utility_and_over_refusal(model, tokenize
     assert len(report.benign_responses) == len(benign)
 
     summary = report.summary()
-    assert set(summary) == {"asr", "utility_loss", "utility_accuracy", "over_refusal"}
+    assert set(summary) == {"asr", "asr_target", "utility_loss", "utility_accuracy", "utility_answered", "over_refusal"}
     table = report.markdown()
     assert all(f"| {name} |" in table for name in attacks) and "Over-refusal" in table
     folder = report.write(tmp_path / "run")

@@ -109,7 +109,7 @@ def test_resume_ends_with_the_same_adapter(example_run: tuple[Path, dict], tmp_p
      r"data\.behaviours: no such file"),
     ({"objective": {"name": "cat", "attack": {"steps": 0}}}, ConfigError, r"objective\.attack\.steps"),
     ({"eval": {"attacks": ["none", "gcg"]}}, ConfigError, r"eval\.attacks: unknown attack 'gcg'"),
-    ({"model": {"tiny": True, "path": "x"}}, ConfigError, "model: give either path"),
+    ({"model": {"tiny": True, "path": "x"}}, ConfigError, "model: give one of path"),
     ({"train": {"utility_ratio": -1}}, ConfigError, r"train\.utility_ratio"),
     ({"train": {"optimiser": "adamw"}}, ConfigError, r"train\.optimiser: unknown field"),
     ({"objective": {"name": "localalign"}}, ConfigError, r"data\.injection: localalign"),

@@ -274,3 +274,23 @@ def test_sequence_losses_ignore_padding() -> None:
 def test_embedding_scale_is_the_mean_row_norm(model) -> None:
     weight = model.get_input_embeddings().weight
     assert embedding_scale(model) == pytest.approx(float(weight.norm(dim=1).mean()))
+
+
+def test_cached_generation_equals_rerunning_the_perturbed_prompt(model) -> None:
+    """generate() reads the prompt once (KV cache); rerunning the whole perturbed prompt at every step, the plain
+    reading of 'the perturbation applies at every step', must give the same tokens, for latent layers too."""
+    from sparring.language.batch import Continuation
+
+    torch.manual_seed(0)
+    batch = batch_of(6)
+    view = PromptView(model, batch, ["target"], layers=("embedding", 1))
+    x = view.reference() + 0.3 * torch.randn_like(view.reference()) * view.mask()[..., None]
+    cached = view.generate(x, max_new_tokens=5)
+    ids = torch.empty(len(batch), 0, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(5):
+            grown = Continuation(ids=torch.cat([ids, ids.new_zeros(len(batch), 1)], 1),
+                                 attention=torch.ones(len(batch), ids.shape[1] + 1, dtype=torch.long))
+            step = view._with([grown], ["generated"])(x)[:, -1].argmax(-1)
+            ids = torch.cat([ids, step[:, None]], 1)
+    assert torch.equal(cached, ids)

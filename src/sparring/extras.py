@@ -18,7 +18,7 @@ from sparring.errors import SparringError
 EXTRAS: dict[str, str] = {
     "transformers": "hf", "peft": "hf", "tokenizers": "hf",
     "lightning": "scale", "tensorboard": "scale", "mlflow": "scale",
-    "torchattacks": "bench", "art": "bench",
+    "torchattacks": "bench", "art": "bench", "gguf": "llm",
 }
 
 

@@ -196,6 +196,8 @@ class Trainer:
         regularizer: ``regularizer(model, x) → scalar`` added to each batch's loss and logged as
             ``train_regularizer`` (the objective's own loss as ``train_objective_loss``).
         epoch_hook: called with each epoch's record once it is logged (a caller's own log or early exit).
+        checkpoint_weights: ``"all"`` (the state dict) or ``"trainable"`` (only the parameters that require
+            gradients, e.g. a LoRA adapter; the frozen rest is rebuilt from the config on resume).
         val: validation inputs and labels for per-epoch clean / robust accuracy (and early stopping).
         val_threat: threat model of the robust validation pass (default: the objective's ``threat``).
         out_dir: run folder; ``metrics.jsonl`` and ``checkpoints/`` go there. None: nothing written.
@@ -215,6 +217,7 @@ class Trainer:
         num_classes: int | None = None,
         regularizer: Regularizer | None = None,
         epoch_hook: Callable[[dict[str, Any]], None] | None = None,
+        checkpoint_weights: Literal["all", "trainable"] = "all",
     ) -> None:
         self.cfg = config or TrainConfig()
         self.objective = objective
@@ -256,7 +259,8 @@ class Trainer:
         if self.cfg.compile:  # after prepare, the order accelerate itself uses
             self.model = compiled(self.model, mode=self.cfg.compile_mode)
         objective.bind_optimizer(self.optimizer)  # objectives that replay a batch (Free-AT) step it themselves
-        self.checkpoints = CheckpointDir(self.out_dir / "checkpoints") if self.out_dir else None
+        self.checkpoints = (CheckpointDir(self.out_dir / "checkpoints", weights=checkpoint_weights)
+                            if self.out_dir else None)
 
     # ------------------------------------------------------------------ fit
     def fit(self, *, resume: bool = False) -> TrainResult:

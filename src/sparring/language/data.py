@@ -45,14 +45,18 @@ class Behaviour:
     prompt: str
     target: str
     refusal: str
+    category: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Utility:
-    """A benign prompt and a helpful response."""
+    """A benign prompt and a helpful response; ``answers``: short reference answers a generated response is checked
+    against (utility as the fraction answered correctly), when the prompt has one."""
 
     prompt: str
     response: str
+    answers: tuple[str, ...] = ()
+    category: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,9 +73,10 @@ class InjectionTask:
 
 
 _RECORDS: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
-    # kind: (class, required string fields, optional string-or-null fields)
-    "behaviour": (Behaviour, ("prompt", "target", "refusal"), ()),
-    "utility": (Utility, ("prompt", "response"), ()),
+    # kind: (class, required string fields, optional string-or-null fields); a utility record may also hold
+    # "answers", a list of strings
+    "behaviour": (Behaviour, ("prompt", "target", "refusal"), ("category",)),
+    "utility": (Utility, ("prompt", "response"), ("category",)),
     "injection": (InjectionTask, ("instruction", "data", "answer"), ("injection",)),
 }
 
@@ -110,7 +115,13 @@ def read_jsonl(path: str | Path, kind: Kind) -> list[Any]:
             if row.get(name) is not None and not isinstance(row[name], str):
                 raise DataError(f"{path}:{number}: field {name!r} must be a string or null, "
                                 f"got {type(row[name]).__name__}")
-        records.append(cls(**{name: row[name] for name in required}, **{name: row.get(name) for name in optional}))
+        fields = {name: row[name] for name in required} | {name: row.get(name) for name in optional}
+        if kind == "utility" and row.get("answers") is not None:
+            answers = row["answers"]
+            if not isinstance(answers, list) or not all(isinstance(a, str) and a.strip() for a in answers):
+                raise DataError(f"{path}:{number}: field 'answers' must be a list of non-empty strings")
+            fields["answers"] = tuple(answers)
+        records.append(cls(**fields))
     if not records:
         raise DataError(f"{path}: no {kind} records (the file is empty)")
     return records

@@ -4,13 +4,17 @@
 
 * **Attack success rate** per attack: for every behaviour (a harmful request and the target completion the
   attacker wants), attack the prompt, decode the model's greedy response under the attack
-  (``max_new_tokens``), and ask the judge whether it complied; ASR = mean over behaviours. Attacks:
+  (``max_new_tokens``), and ask the judge whether it complied; ASR = mean over behaviours, and per behaviour
+  category where the behaviours have one. Two judges read every response: the refusal judge (or the one given)
+  and the stricter :class:`~sparring.language.judge.TargetJudge` (the response begins with the target prefix,
+  or complies on topic). Attacks:
   ``None`` (the clean prompt), a :class:`~sparring.language.prompt_attack.PromptAttack` (continuous, e.g. CAT's
   :func:`~sparring.language.prompt_attack.embedding_attack`; the response is decoded with the perturbation
   applied at every step) or a :class:`~sparring.language.suffix.SuffixSearch` (GCG; decoded from the suffixed
   prompt). The target NLL under each attack is kept per example too.
 * **Utility**: on benign (prompt, response) chats, each example's mean token NLL of the response (EOS included)
-  and its teacher-forced token accuracy (argmax at each response position equals the reference token).
+  and its teacher-forced token accuracy (argmax at each response position equals the reference token); for chats
+  with reference ``answers``, whether the greedy response holds one (:func:`answered`: normalized match).
 * **Over-refusal**: the fraction of benign prompts whose greedy response is a refusal by the refusal-string
   test (:meth:`~sparring.language.judge.RefusalJudge.refused`; the judge's own patterns when it is a
   RefusalJudge, the default patterns otherwise).
@@ -22,6 +26,7 @@ of the attacks.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -34,11 +39,11 @@ from sparring.context import device_of, frozen_model
 from sparring.errors import ConfigError, DataError
 from sparring.language.batch import ChatBatch, behaviour_batch, chat_batch, utility_batch
 from sparring.language.data import Behaviour, Utility
-from sparring.language.judge import Judge, RefusalJudge
-from sparring.language.prompt_attack import PromptAttack, embedding_attack
+from sparring.language.judge import Judge, RefusalJudge, TargetJudge
+from sparring.language.prompt_attack import PromptAttack, embedding_attack, latent_attack
 from sparring.language.report import AttackOutcome, LanguageReport
 from sparring.language.suffix import SuffixSearch
-from sparring.language.view import PromptView
+from sparring.language.view import Layer, PromptView
 from sparring.losses import IGNORE, cross_entropy
 
 LanguageAttack = PromptAttack | SuffixSearch | None
@@ -46,9 +51,34 @@ LanguageAttack = PromptAttack | SuffixSearch | None
 _PLACEHOLDER = "ok"
 
 
-def default_attacks() -> dict[str, LanguageAttack]:
-    """``none`` (clean prompts), ``embedding`` (CAT's embedding attack) and ``suffix`` (GCG, CPU-sized)."""
-    return {"none": None, "embedding": embedding_attack(), "suffix": SuffixSearch()}
+#: The latent attack's layers: LAT's (the embeddings and the residual stream at a quarter, half and three quarters
+#: of the depth), ε in units of each layer's token norm.
+LATENT_LAYERS: tuple[Layer, ...] = ("embedding", 0.25, 0.5, 0.75)
+
+
+def default_attacks(*, eps: float = 0.05, steps: int = 10, latent_eps: float = 0.5,
+                    latent_layers: Sequence[Layer] = LATENT_LAYERS, suffix: SuffixSearch | None = None
+                    ) -> dict[str, LanguageAttack]:
+    """The red-team catalogue: ``none`` (the direct request), ``embedding`` (CAT's embedding attack at ``eps``,
+    in units of the mean embedding norm, ``steps`` signed steps), ``embedding_2x`` (the same at 2·eps),
+    ``latent`` (LAT's latent attack at ``latent_layers``, ``latent_eps`` of each layer's token norm) and
+    ``suffix`` (the GCG-style suffix search; CPU-sized by default, :class:`~sparring.language.suffix.SuffixSearch`
+    states GCG's own budget)."""
+    return {"none": None, "embedding": embedding_attack(eps=eps, steps=steps),
+            "embedding_2x": embedding_attack(eps=2 * eps, steps=steps),
+            "latent": latent_attack(layers=tuple(latent_layers), eps=latent_eps, steps=steps),
+            "suffix": suffix if suffix is not None else SuffixSearch()}
+
+
+def _normalized(text: str) -> str:
+    return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower().replace("\u2019", "'"))) + " "
+
+
+def answered(response: str, answers: Sequence[str]) -> bool:
+    """Does ``response`` hold one of the reference ``answers``? Both lower-cased, punctuation dropped, and the
+    answer matched as whole words anywhere in the response ("Paris" in "The capital is Paris.")."""
+    text = _normalized(response)
+    return any(_normalized(a).strip() and _normalized(a) in text for a in answers)
 
 
 def evaluate_language(
@@ -60,6 +90,7 @@ def evaluate_language(
     benign: Sequence[str] = (),
     attacks: Mapping[str, LanguageAttack] | None = None,
     judge: Judge | None = None,
+    target_judge: TargetJudge | None = None,
     max_new_tokens: int = 24,
     batch_size: int = 16,
     max_length: int = 256,
@@ -75,6 +106,8 @@ def evaluate_language(
         utility: benign chats for the utility numbers; benign: benign prompts for over-refusal.
         attacks: name → attack (None, PromptAttack or SuffixSearch); default :func:`default_attacks`.
         judge: decides compliance; default :class:`~sparring.language.judge.RefusalJudge`.
+        target_judge: the stricter judge that also reads the targets; default
+            :class:`~sparring.language.judge.TargetJudge` with the refusal judge's patterns.
         max_new_tokens: greedy response length; batch_size: rows per batch; max_length: token budget per chat.
         seed: seeds each attack's generator.
         progress: show a rich progress bar.
@@ -93,6 +126,7 @@ def evaluate_language(
                               f"got {type(attack).__name__}")
     judge = RefusalJudge() if judge is None else judge
     refusal = judge if isinstance(judge, RefusalJudge) else RefusalJudge()
+    target_judge = TargetJudge(refusal=refusal) if target_judge is None else target_judge
     device = device_of(model)
     generation = {"max_new_tokens": max_new_tokens, "eos_token_id": tokenizer.eos_token_id,
                   "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0}
@@ -104,13 +138,16 @@ def evaluate_language(
     def n_batches(n: int) -> int:
         return -(-n // batch_size)
 
-    total = len(attacks) * n_batches(len(behaviours)) + n_batches(len(utility)) + n_batches(len(benign))
+    quiz = [u for u in utility if u.answers]
+    total = (len(attacks) * n_batches(len(behaviours)) + n_batches(len(utility)) + n_batches(len(quiz))
+             + n_batches(len(benign)))
     bar = _progress(progress)
     outcomes: dict[str, AttackOutcome] = {}
     utility_losses: list[float] = []
     utility_accuracies: list[float] = []
     benign_refused: list[bool] = []
     benign_responses: list[str] = []
+    quiz_responses: list[str] = []
     with frozen_model(model), (bar if bar is not None else nullcontext()):
         task = bar.add_task("language evaluation", total=total) if bar is not None else None
 
@@ -121,6 +158,7 @@ def evaluate_language(
         for name, attack in attacks.items():
             generator = torch.Generator(device=device).manual_seed(seed)
             complied: list[bool] = []
+            strict: list[bool] = []
             nll: list[float] = []
             responses: list[str] = []
             start = time.perf_counter()
@@ -128,13 +166,16 @@ def evaluate_language(
                 batch = behaviour_batch(tokenizer, part, max_length=max_length).to(device)
                 ids, target_nll = _attack_and_generate(model, batch, attack, tokenizer, generator, generation)
                 texts = tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True)
-                verdict = judge([b.prompt for b in part], texts)
-                complied += [bool(v) for v in verdict.cpu()]
+                prompts = [b.prompt for b in part]
+                complied += [bool(v) for v in judge(prompts, texts).cpu()]
+                strict += [bool(v) for v in target_judge(prompts, texts, [b.target for b in part]).cpu()]
                 nll += target_nll.float().cpu().tolist()
                 responses += texts
                 step(f"attack {name}")
-            outcomes[name] = AttackOutcome(complied=complied, target_nll=nll, prompts=[b.prompt for b in behaviours],
-                                           responses=responses, time_s=time.perf_counter() - start)
+            outcomes[name] = AttackOutcome(complied=complied, target_complied=strict, target_nll=nll,
+                                           prompts=[b.prompt for b in behaviours], responses=responses,
+                                           categories=[b.category for b in behaviours],
+                                           time_s=time.perf_counter() - start)
 
         with torch.no_grad():
             for part in chunks(utility):
@@ -143,25 +184,37 @@ def evaluate_language(
                 utility_losses += loss.cpu().tolist()
                 utility_accuracies += accuracy.cpu().tolist()
                 step("utility")
+            for part in chunks(quiz):
+                quiz_responses += _greedy(model, tokenizer, [u.prompt for u in part], generation, max_length)
+                step("utility answers")
             for part in chunks(benign):
-                batch = chat_batch(tokenizer, list(part), {"response": [_PLACEHOLDER] * len(part)},
-                                   max_length=max_length, eos=False).to(device)
-                view = PromptView(model, batch, ["response"])
-                texts = tokenizer.batch_decode(view.generate(view.reference(), **generation).cpu(),
-                                               skip_special_tokens=True)
+                texts = _greedy(model, tokenizer, list(part), generation, max_length)
                 benign_refused += [bool(v) for v in refusal.refused(texts)]
                 benign_responses += texts
                 step("over-refusal")
 
     settings = {
-        "model": type(model).__name__, "judge": type(judge).__name__, "max_new_tokens": max_new_tokens,
+        "model": type(model).__name__, "judge": type(judge).__name__, "target_judge": type(target_judge).__name__,
+        "max_new_tokens": max_new_tokens,
         "batch_size": batch_size, "max_length": max_length, "seed": seed,
         "attacks": {name: _describe(attack) for name, attack in attacks.items()},
         "behaviours": len(behaviours), "utility": len(utility), "benign": len(benign),
     }
     return LanguageReport(attacks=outcomes, utility_losses=utility_losses, utility_accuracies=utility_accuracies,
                           benign_prompts=list(benign), benign_refused=benign_refused,
-                          benign_responses=benign_responses, settings=settings)
+                          benign_responses=benign_responses, utility_prompts=[u.prompt for u in quiz],
+                          utility_responses=quiz_responses,
+                          utility_correct=[answered(r, u.answers) for r, u in zip(quiz_responses, quiz, strict=True)],
+                          settings=settings)
+
+
+def _greedy(model: nn.Module, tokenizer: Any, prompts: list[str], generation: dict[str, Any],
+            max_length: int) -> list[str]:
+    """The greedy responses to ``prompts`` (the chat template's generation prompt, no attack)."""
+    batch = chat_batch(tokenizer, prompts, {"response": [_PLACEHOLDER] * len(prompts)}, max_length=max_length,
+                       eos=False).to(device_of(model))
+    view = PromptView(model, batch, ["response"])
+    return tokenizer.batch_decode(view.generate(view.reference(), **generation).cpu(), skip_special_tokens=True)
 
 
 def _attack_and_generate(model: nn.Module, batch: ChatBatch, attack: LanguageAttack, tokenizer: Any,
@@ -210,4 +263,4 @@ def _progress(enabled: bool) -> Any:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
 
 
-__all__ = ["LanguageAttack", "default_attacks", "evaluate_language"]
+__all__ = ["LATENT_LAYERS", "LanguageAttack", "answered", "default_attacks", "evaluate_language"]

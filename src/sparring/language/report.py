@@ -29,6 +29,7 @@ from sparring.report.views import VIEWS, View
 ASR_COLOR = "#d9662b"
 UTILITY_COLOR = "#3b6fb6"
 OVER_REFUSAL_COLOR = "#7b5ea7"
+TARGET_COLOR = "#8c2d04"
 SAMPLES_SHOWN = 5
 
 
@@ -46,34 +47,56 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 @dataclass(kw_only=True)
 class AttackOutcome:
-    """One attack over the behaviours: per-example ``complied`` (the judge's verdict), the target NLL under the
-    attack, the prompts and the greedy responses; ``time_s`` the attack's wall time (attack, generation, judge)."""
+    """One attack over the behaviours: per-example ``complied`` (the refusal judge's verdict), ``target_complied``
+    (the stricter target judge's, when it ran), the behaviour ``categories`` (when known), the target NLL under the
+    attack, the prompts and the greedy responses; ``time_s`` the attack's wall time (attack, generation, judges)."""
 
     complied: list[bool]
     target_nll: list[float]
     prompts: list[str]
     responses: list[str]
+    target_complied: list[bool] = field(default_factory=list)
+    categories: list[str | None] = field(default_factory=list)
     time_s: float = 0.0
 
     @property
     def asr(self) -> float:
-        """Attack success rate: the fraction of behaviours whose response complied."""
+        """Attack success rate: the fraction of behaviours whose response complied (refusal judge)."""
         return _mean(self.complied) or 0.0
+
+    @property
+    def asr_target(self) -> float | None:
+        """The same by the target judge; None where it did not run."""
+        return _mean(self.target_complied)
 
     @property
     def mean_target_nll(self) -> float | None:
         return _mean(self.target_nll)
 
+    def by_category(self) -> dict[str, dict[str, float | int | None]]:
+        """Per behaviour category: n, ASR (refusal judge) and ASR (target judge); {} without categories."""
+        if not self.categories or all(c is None for c in self.categories):
+            return {}
+        out: dict[str, dict[str, float | int | None]] = {}
+        for category in dict.fromkeys(c or "other" for c in self.categories):
+            rows = [i for i, c in enumerate(self.categories) if (c or "other") == category]
+            out[category] = {"n": len(rows), "asr": _mean([self.complied[i] for i in rows]),
+                             "asr_target": _mean([self.target_complied[i] for i in rows])
+                             if self.target_complied else None}
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {"asr": self.asr, "mean_target_nll": self.mean_target_nll, "time_s": self.time_s,
-                "complied": list(self.complied), "target_nll": list(self.target_nll), "prompts": list(self.prompts),
-                "responses": list(self.responses)}
+        return {"asr": self.asr, "asr_target": self.asr_target, "mean_target_nll": self.mean_target_nll,
+                "time_s": self.time_s, "by_category": self.by_category(), "complied": list(self.complied),
+                "target_complied": list(self.target_complied), "categories": list(self.categories),
+                "target_nll": list(self.target_nll), "prompts": list(self.prompts), "responses": list(self.responses)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AttackOutcome:
         return cls(complied=[bool(v) for v in data["complied"]], target_nll=[_float(v) for v in data["target_nll"]],
                    prompts=list(data["prompts"]), responses=list(data["responses"]),
-                   time_s=float(data.get("time_s", 0.0)))
+                   target_complied=[bool(v) for v in data.get("target_complied", [])],
+                   categories=list(data.get("categories", [])), time_s=float(data.get("time_s", 0.0)))
 
 
 @dataclass(kw_only=True)
@@ -91,6 +114,9 @@ class LanguageReport:
     benign_prompts: list[str] = field(default_factory=list)
     benign_refused: list[bool] = field(default_factory=list)
     benign_responses: list[str] = field(default_factory=list)
+    utility_prompts: list[str] = field(default_factory=list)
+    utility_responses: list[str] = field(default_factory=list)
+    utility_correct: list[bool] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -109,9 +135,20 @@ class LanguageReport:
     def over_refusal(self) -> float | None:
         return _mean(self.benign_refused)
 
+    @property
+    def asr_target(self) -> dict[str, float | None]:
+        return {name: outcome.asr_target for name, outcome in self.attacks.items()}
+
+    @property
+    def utility_answered(self) -> float | None:
+        """The fraction of utility prompts whose greedy response holds a reference answer (None: not measured)."""
+        return _mean(self.utility_correct)
+
     def summary(self) -> dict[str, Any]:
-        """Headline numbers: ``asr`` (per attack), ``utility_loss``, ``utility_accuracy``, ``over_refusal``."""
-        return {"asr": self.asr, "utility_loss": self.utility_loss, "utility_accuracy": self.utility_accuracy,
+        """Headline numbers: ``asr`` and ``asr_target`` (per attack), ``utility_loss``, ``utility_accuracy``,
+        ``utility_answered``, ``over_refusal``."""
+        return {"asr": self.asr, "asr_target": self.asr_target, "utility_loss": self.utility_loss,
+                "utility_accuracy": self.utility_accuracy, "utility_answered": self.utility_answered,
                 "over_refusal": self.over_refusal}
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +158,9 @@ class LanguageReport:
             "summary": self.summary(),
             "attacks": {name: outcome.to_dict() for name, outcome in self.attacks.items()},
             "utility": {"loss": self.utility_loss, "accuracy": self.utility_accuracy,
-                        "losses": list(self.utility_losses), "accuracies": list(self.utility_accuracies)},
+                        "answered": self.utility_answered, "losses": list(self.utility_losses),
+                        "accuracies": list(self.utility_accuracies), "prompts": list(self.utility_prompts),
+                        "responses": list(self.utility_responses), "correct": list(self.utility_correct)},
             "over_refusal": {"rate": self.over_refusal, "prompts": list(self.benign_prompts),
                              "refused": list(self.benign_refused), "responses": list(self.benign_responses)},
             "settings": self.settings,
@@ -139,7 +178,11 @@ class LanguageReport:
                        utility_accuracies=[_float(v) for v in utility.get("accuracies", [])],
                        benign_prompts=list(refusal.get("prompts", [])),
                        benign_refused=[bool(v) for v in refusal.get("refused", [])],
-                       benign_responses=list(refusal.get("responses", [])), settings=dict(data.get("settings") or {}))
+                       benign_responses=list(refusal.get("responses", [])),
+                       utility_prompts=list(utility.get("prompts", [])),
+                       utility_responses=list(utility.get("responses", [])),
+                       utility_correct=[bool(v) for v in utility.get("correct", [])],
+                       settings=dict(data.get("settings") or {}))
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise RunFolderError(f"malformed language-model report ({type(error).__name__}: {error})") from None
 
@@ -156,13 +199,16 @@ class LanguageReport:
 
     def markdown(self) -> str:
         """A table ``attack | ASR | mean target NLL | n``, then the utility and over-refusal lines."""
-        lines = ["| attack | ASR | mean target NLL | n |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {_pct(o.asr)} | {_num(o.mean_target_nll)} | {len(o.complied)} |"
+        lines = ["| attack | ASR (refusal judge) | ASR (target judge) | mean target NLL | n |",
+                 "|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {_pct(o.asr)} | {_pct(o.asr_target)} | {_num(o.mean_target_nll)} | {len(o.complied)} |"
                   for name, o in self.attacks.items()]
         lines.append("")
         if self.utility_losses:
+            answered = (f", answered {_pct(self.utility_answered)} of {len(self.utility_correct)}"
+                        if self.utility_correct else "")
             lines.append(f"Utility: response NLL {_num(self.utility_loss)}, token accuracy "
-                         f"{_pct(self.utility_accuracy)} (n = {len(self.utility_losses)})")
+                         f"{_pct(self.utility_accuracy)} (n = {len(self.utility_losses)}){answered}")
         else:
             lines.append("Utility: not measured (no utility chats)")
         if self.benign_refused:
@@ -173,15 +219,28 @@ class LanguageReport:
         return "\n".join(lines) + "\n"
 
     def figure(self) -> Figure:
-        """ASR per attack (bars, left) beside utility token accuracy and over-refusal (bars, right)."""
+        """ASR per attack (bars by the refusal judge, and by the target judge where it ran; left) beside utility
+        (answered, else token accuracy) and over-refusal (right)."""
         fig = Figure(figsize=(8.4, 3.6))
         left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(len(self.attacks), 1), 2]})
         names = list(self.attacks)
-        bars = left.bar(names, [self.attacks[n].asr for n in names], color=ASR_COLOR)
-        left.bar_label(bars, labels=[_pct(self.attacks[n].asr) for n in names], fontsize=8)
+        judged = any(o.target_complied for o in self.attacks.values())
+        width = 0.4 if judged else 0.8
+        at = [i - width / 2 if judged else i for i in range(len(names))]
+        bars = left.bar(at, [self.attacks[n].asr for n in names], width=width, color=ASR_COLOR,
+                        label="refusal judge")
+        left.bar_label(bars, labels=[_pct(self.attacks[n].asr) for n in names], fontsize=7)
+        if judged:
+            strict = [self.attacks[n].asr_target or 0.0 for n in names]
+            bars = left.bar([i + width / 2 for i in range(len(names))], strict, width=width, color=TARGET_COLOR,
+                            label="target judge")
+            left.bar_label(bars, labels=[_pct(self.attacks[n].asr_target) for n in names], fontsize=7)
+            left.legend(fontsize=7, frameon=False, loc="upper left")
+        left.set_xticks(range(len(names)), names)
         left.set_title("attack success rate (lower is safer)", fontsize=10)
-        items = [("utility\naccuracy", self.utility_accuracy, UTILITY_COLOR),
-                 ("over-\nrefusal", self.over_refusal, OVER_REFUSAL_COLOR)]
+        utility = (("utility\nanswered", self.utility_answered) if self.utility_correct
+                   else ("utility\naccuracy", self.utility_accuracy))
+        items = [(*utility, UTILITY_COLOR), ("over-\nrefusal", self.over_refusal, OVER_REFUSAL_COLOR)]
         values = [v if v is not None else 0.0 for _, v, _ in items]
         bars = right.bar([label for label, _, _ in items], values, color=[c for _, _, c in items])
         right.bar_label(bars, labels=[_pct(v) if v is not None else "n/a" for _, v, _ in items], fontsize=8)
@@ -195,21 +254,36 @@ class LanguageReport:
         return fig
 
     def html(self, *, title: str = "Language-model evaluation") -> str:
-        rows = [{"name": name, "asr": _pct(o.asr), "nll": _num(o.mean_target_nll), "n": len(o.complied),
-                 "time": format_seconds(o.time_s),
-                 "samples": [{"prompt": p, "response": r, "complied": c} for p, r, c in
-                             list(zip(o.prompts, o.responses, o.complied, strict=True))[:SAMPLES_SHOWN]]}
-                for name, o in self.attacks.items()]
-        headline = [{"label": f"ASR ({name})", "value": _pct(o.asr), "kind": "robust"}
-                    for name, o in self.attacks.items()]
+        rows = []
+        for name, o in self.attacks.items():
+            strict = o.target_complied or [None] * len(o.complied)
+            samples = list(zip(o.prompts, o.responses, o.complied, strict, strict=True))
+            # transcripts: the broken ones first (by the stricter judge where it ran), then the rest
+            samples.sort(key=lambda s: not (s[3] if s[3] is not None else s[2]))
+            rows.append({"name": name, "asr": _pct(o.asr), "asr_target": _pct(o.asr_target),
+                         "nll": _num(o.mean_target_nll), "n": len(o.complied), "time": format_seconds(o.time_s),
+                         "samples": [{"prompt": p, "response": r, "complied": c, "strict": t}
+                                     for p, r, c, t in samples[:SAMPLES_SHOWN]]})
+        categories = list(dict.fromkeys(c for o in self.attacks.values() for c in o.by_category()))
+        by_category = [{"name": name, "cells": [_category_cell(o.by_category().get(c)) for c in categories]}
+                       for name, o in self.attacks.items()]
+        headline = [{"label": f"ASR ({name})", "value": _pct(o.asr_target if o.target_complied else o.asr),
+                     "kind": "robust"} for name, o in self.attacks.items()]
+        if self.utility_correct:
+            headline.append({"label": "utility answered", "value": _pct(self.utility_answered), "kind": "clean"})
         headline += [{"label": "utility token accuracy", "value": _pct(self.utility_accuracy), "kind": "clean"},
                      {"label": "utility response NLL", "value": _num(self.utility_loss), "kind": "clean"},
                      {"label": "over-refusal", "value": _pct(self.over_refusal), "kind": "clean"}]
         triples = zip(self.benign_prompts, self.benign_responses, self.benign_refused, strict=True)
         benign = [{"prompt": p, "response": r, "refused": f} for p, r, f in list(triples)[:SAMPLES_SHOWN]]
+        answers = [{"prompt": p, "response": r, "correct": c} for p, r, c in
+                   list(zip(self.utility_prompts, self.utility_responses, self.utility_correct, strict=True))
+                   [:SAMPLES_SHOWN]]
         record = self.to_dict()
+        judged = any(o.target_complied for o in self.attacks.values())
         return render_template(
-            "language.html", title=title, headline=headline, rows=rows, benign=benign,
+            "language.html", title=title, headline=headline, rows=rows, benign=benign, answers=answers,
+            categories=categories, by_category=by_category, judged=judged,
             settings=[(k, json.dumps(v, ensure_ascii=False, default=str)) for k, v in record["settings"].items()],
             figure=figure_png(self.figure()), raw=json.dumps(record, indent=2, ensure_ascii=False))
 
@@ -220,6 +294,13 @@ class LanguageReport:
         atomic_write_json(folder / REPORT_FILE, self.to_dict(), ensure_ascii=False)
         atomic_write_text(folder / HTML_FILE, self.html(title=title or folder.name))
         return folder
+
+
+def _category_cell(cell: Mapping[str, Any] | None) -> str:
+    if not cell:
+        return "—"
+    value = cell.get("asr_target") if cell.get("asr_target") is not None else cell.get("asr")
+    return f"{_pct(value)} of {cell.get('n')}"
 
 
 def compare(reports: Mapping[str, LanguageReport]) -> str:

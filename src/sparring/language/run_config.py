@@ -23,22 +23,40 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 #: Training defaults suited to LoRA (anything in ``train:`` overrides them).
 TRAIN_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.0, "schedule": "constant",
                                   "epochs": 1, "batch_size": 4}
-EVAL_ATTACKS = ("none", "embedding", "suffix")
+#: The red-team catalogue (:func:`sparring.language.evaluate.default_attacks`).
+EVAL_ATTACKS = ("none", "embedding", "embedding_2x", "latent", "suffix")
 
 
 
 class ModelSection(_Strict):
-    """A local Hugging Face causal-LM folder (``path``) or the built-in tiny random Llama (``tiny: true``)."""
+    """One base model: a local Hugging Face causal-LM folder (``path``), a built-in chat model (``source``:
+    ``smollm2``, :mod:`sparring.language.builtin`) or the tiny random Llama (``tiny: true``). ``adapter``: a LoRA
+    adapter to start from: a sparring run folder (its saved adapter) or an adapter folder ``save_pretrained``
+    wrote; its own LoRA settings then apply (the defence ladder: CAT from the refusal-tuned adapter)."""
 
     path: str | None = None
+    source: Literal["smollm2"] | None = None
     tiny: bool = False
+    adapter: str | None = None
     allow_pickle_weights: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
-        if (self.path is None) == (not self.tiny):
-            raise ValueError("give either path (a local Hugging Face causal-LM folder) or tiny: true, not both")
+        given = [name for name, on in (("path", self.path is not None), ("source", self.source is not None),
+                                       ("tiny", self.tiny)) if on]
+        if len(given) != 1:
+            raise ValueError("give one of path (a local Hugging Face causal-LM folder), source: smollm2 (a built-in "
+                             f"chat model) or tiny: true{'' if not given else ', not ' + ' and '.join(given)}")
         return self
+
+    def describe(self) -> str:
+        if self.tiny:
+            return "tiny"
+        if self.source is not None:
+            from sparring.language.builtin import BUILTIN_MODELS
+
+            return BUILTIN_MODELS[self.source].title
+        return str(self.path)
 
 
 class LoraSection(_Strict):
@@ -60,6 +78,8 @@ class ToySection(_Strict):
 
 class DataSection(_Strict):
     toy: bool | ToySection = False
+    suite: Literal["redteam"] | None = None
+    split: Literal["test", "validation"] = "test"
     behaviours: str | None = None
     utility: str | None = None
     benign: str | None = None
@@ -68,6 +88,7 @@ class DataSection(_Strict):
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
     injection: str | None = None
     rejected: int = Field(default=3, ge=1)
+    max_train: int | None = Field(default=None, ge=1)  # train on the first N behaviours only (quick runs)
 
     def toy_sizes(self) -> ToySection | None:
         if self.toy is False:
@@ -86,17 +107,53 @@ class AttackSection(_Strict):
     @field_validator("layers")
     @classmethod
     def _layers(cls, value: list[str | int | float] | None) -> list[str | int | float] | None:
-        for layer in value or []:
-            if isinstance(layer, str) and layer != "embedding":
-                raise ValueError(f"a layer is 'embedding', a decoder-layer index or a depth fraction, got {layer!r}")
-        return value
+        return _check_layers(value)
+
+
+def _check_layers(value: list[str | int | float] | None) -> list[str | int | float] | None:
+    for layer in value or []:
+        if isinstance(layer, str) and layer != "embedding":
+            raise ValueError(f"a layer is 'embedding', a decoder-layer index or a depth fraction, got {layer!r}")
+    return value
+
+
+class SuffixSection(_Strict):
+    """The GCG-style suffix search's budget (GCG's own: length 20, 500 steps, top-k 256, 512 candidates)."""
+
+    length: int = Field(default=8, ge=1)
+    steps: int = Field(default=20, ge=0)
+    top_k: int = Field(default=32, ge=1)
+    candidates: int = Field(default=64, ge=1)
 
 
 class EvalSection(_Strict):
+    """The red-team evaluation: which attacks, their budgets, and generation settings."""
+
     attacks: list[str] = Field(default_factory=lambda: ["none", "embedding"], min_length=1)
+    eps: float = Field(default=0.05, gt=0)  # the embedding attack's ε (embedding_2x: 2ε), of the mean row norm
+    steps: int = Field(default=10, ge=1)  # the embedding and latent attacks' steps
+    latent_eps: float = Field(default=0.5, gt=0)  # of each layer's mean token norm
+    latent_layers: list[str | int | float] = Field(default_factory=lambda: ["embedding", 0.25, 0.5, 0.75],
+                                                   min_length=1)
+    suffix: SuffixSection = Field(default_factory=SuffixSection)
     max_new_tokens: int = Field(default=24, ge=1)
     batch_size: int = Field(default=16, ge=1)
     max_behaviours: int | None = Field(default=None, ge=1)
+
+    @field_validator("latent_layers")
+    @classmethod
+    def _layers(cls, value: list[str | int | float]) -> list[str | int | float]:
+        return _check_layers(value) or value
+
+    def build_attacks(self) -> dict[str, Any]:
+        """name → attack for the attacks listed (:func:`sparring.language.evaluate.default_attacks`)."""
+        from sparring.language.evaluate import default_attacks
+        from sparring.language.suffix import SuffixSearch
+
+        catalogue = default_attacks(eps=self.eps, steps=self.steps, latent_eps=self.latent_eps,
+                                    latent_layers=tuple(self.latent_layers),
+                                    suffix=SuffixSearch(**self.suffix.model_dump()))
+        return {name: catalogue[name] for name in self.attacks}
 
     @field_validator("attacks")
     @classmethod
@@ -118,12 +175,15 @@ class LanguageRunConfig(_Strict):
     model: ModelSection
     lora: LoraSection | None = Field(default_factory=LoraSection)
     data: DataSection
-    objective: dict[str, Any] = Field(default_factory=lambda: {"name": "cat"})
+    objective: dict[str, Any] | Literal["none"] | None = Field(default_factory=lambda: {"name": "cat"})
     train: dict[str, Any] = Field(default_factory=dict)
     eval: EvalSection = Field(default_factory=EvalSection)
 
-    def build_objective(self) -> Objective:
-        """The objective, its prompt attack adjusted by ``objective.attack``; refused unless it trains chats."""
+    def build_objective(self) -> Objective | None:
+        """The objective, its prompt attack adjusted by ``objective.attack``; refused unless it trains chats. None
+        for ``objective: none`` (no training: the red-team evaluation of the model as loaded)."""
+        if self.objective is None or self.objective == "none":
+            return None
         spec = self.objective if isinstance(self.objective, dict) else {"name": self.objective}
         spec = dict(spec)
         attack = spec.pop("attack", None)

@@ -78,23 +78,31 @@ def check_files(config: LanguageRunConfig) -> None:
     """Data fields consistent with each other and their files present: one ConfigError / DataError line."""
     data = config.data
     files = ("behaviours", "utility", "benign", "test_behaviours", "test_utility")
-    if data.toy_sizes() is not None:
+    built_in = "toy" if data.toy_sizes() is not None else "suite" if data.suite is not None else None
+    if data.toy_sizes() is not None and data.suite is not None:
+        raise ConfigError("data.suite: give toy or suite, not both")
+    if built_in is not None:
         given = [name for name in ("behaviours", "utility", "test_behaviours", "test_utility")
                  if getattr(data, name) is not None]
         if given:
-            raise ConfigError(f"data.{given[0]}: toy: true builds its own behaviours and utility chats; drop "
-                              f"data.{given[0]} or toy")
+            raise ConfigError(f"data.{given[0]}: {built_in} brings its own behaviours and utility chats; drop "
+                              f"data.{given[0]} or {built_in}")
     else:
         for name in ("behaviours", "utility"):
             if getattr(data, name) is None:
                 kind = "prompt, target, refusal" if name == "behaviours" else "prompt, response"
-                raise ConfigError(f"data.{name}: required (a JSONL file of {kind}), or use data.toy: true")
+                raise ConfigError(f"data.{name}: required (a JSONL file of {kind}), or use data.suite: redteam "
+                                  "or data.toy: true")
     for name in files:
         value = getattr(data, name)
         if value is not None and not Path(value).is_file():
             raise DataError(f"data.{name}: no such file: {value}")
     if data.injection is not None and data.injection != "toy" and not Path(data.injection).is_file():
         raise DataError(f"data.injection: no such file: {data.injection} (or write injection: toy)")
+    if config.model.adapter is not None:
+        from sparring.language.task import adapter_folder
+
+        adapter_folder(config.model.adapter)
     if config.model.path is not None and not Path(config.model.path).is_dir():
         raise DataError(f"model.path: no such folder: {config.model.path} (a local Hugging Face causal-LM folder)")
 
@@ -112,6 +120,14 @@ def load_language_data(config: LanguageRunConfig, *, injection: bool) -> Languag
         benign = list(task.benign)
         words += task.words
         source = "toy safety task"
+    elif data.suite is not None:
+        from sparring.language.suites import load_suite
+
+        suite = load_suite(data.suite)
+        train, test = suite.behaviours["train"], suite.behaviours[data.split]
+        utility, utility_test = suite.utility["train"], suite.utility[data.split]
+        benign = list(suite.benign)
+        source = f"the built-in {data.suite} suite ({data.split} split)"
     else:
         assert data.behaviours is not None and data.utility is not None
         behaviours = read_jsonl(data.behaviours, "behaviour")
@@ -140,6 +156,8 @@ def load_language_data(config: LanguageRunConfig, *, injection: bool) -> Languag
     elif injection:
         raise ConfigError("data.injection: localalign trains on prompt-injection tasks; give a JSONL file "
                           "(instruction, data, answer, injection) or injection: toy")
+    if data.max_train is not None:
+        train = train[: data.max_train]
     texts = [t for b in (*train, *test) for t in (b.prompt, b.target, b.refusal)]
     texts += [t for u in (*utility, *utility_test) for t in (u.prompt, u.response)] + benign
     texts += [t for x in (*tasks, *tasks_test) for t in (x.instruction, x.data, x.answer, x.injection or "")]

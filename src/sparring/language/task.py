@@ -19,7 +19,8 @@ A config (every field below is optional unless said otherwise)::
     task: language
     name: language_cat
     seed: 0
-    model: {tiny: true}                       # or {path: models/llama, allow_pickle_weights: false}
+    model: {source: smollm2}                  # or {path: models/llama}, or {tiny: true}; adapter: runs/refusal
+                                              # (start from that run's LoRA adapter)
     lora: {r: 16, alpha: 32, dropout: 0.0, target_modules: [q_proj, ...]}   # null: full fine-tuning
     data:
       behaviours: data/behaviours.jsonl       # prompt, target, refusal (required unless toy)
@@ -28,9 +29,17 @@ A config (every field below is optional unless said otherwise)::
       test_behaviours: data/test.jsonl        # else a seeded held-out split of test_fraction (0.25)
       injection: data/injection.jsonl         # prompt-injection tasks for localalign ("toy": built in code)
       toy: true                               # or {train: 32, test: 8, utility: 64, utility_test: 8, benign: 8}
-    objective: {name: cat, attack: {steps: 2}}   # attack: steps, eps, layers, relative of its prompt attack
+      suite: redteam                          # or the built-in red-team suite (split: test | validation)
+    objective: {name: cat, attack: {steps: 2}}   # attack: steps, eps, layers, relative; none: evaluate only
     train: {epochs: 1, batch_size: 4, lr: 2.0e-4, utility_ratio: 7, max_length: 256}
-    eval: {attacks: [none, embedding], max_new_tokens: 24, batch_size: 16, max_behaviours: null}
+    eval: {attacks: [none, embedding, embedding_2x, latent, suffix], eps: 0.05, steps: 10, latent_eps: 0.5,
+           latent_layers: [embedding, 0.25, 0.5, 0.75], suffix: {length: 8, steps: 20, top_k: 32, candidates: 64},
+           max_new_tokens: 24, batch_size: 16, max_behaviours: null}
+
+The defence ladder on a real chat model (``examples/configs/smollm2_*.yaml``): ``objective: none`` red-teams the
+model as shipped; ``refusal`` tunes a LoRA adapter to refuse (the aligned baseline); ``cat``, ``warden`` and
+``lat`` continue from that adapter (``model.adapter: runs/smollm2_refusal``). With LoRA, checkpoints hold the
+trainable weights only (the adapter, a few MB), since the base is rebuilt from the config on resume.
 
 LocalAlign trains on prompt-injection tasks (correct answers against near-target edits), not on behaviours:
 ``data.injection`` is then required (a JSONL of instruction, data, answer, injection, or ``toy``); the behaviours
@@ -39,6 +48,8 @@ are still what the ASR is measured on, and the held-out injection tasks add a ne
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +65,8 @@ from sparring.language.run_data import LanguageEpochData, check_files, load_lang
 from sparring.objectives.base import walk
 from sparring.tasks import TASKS, Job, Notify, Task
 from sparring.train import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
         "num_key_value_heads": 2}
@@ -103,6 +116,34 @@ def with_lora(model: nn.Module, spec: LoraSection, *, seed: int) -> nn.Module:
         raise ConfigError(f"lora.target_modules: {' '.join(str(error).split())[:300]}") from None
 
 
+def adapter_folder(path: str | Path) -> Path:
+    """The LoRA adapter folder ``path`` names: a sparring run folder (``checkpoints/adapter``), its
+    ``checkpoints`` folder, or a folder ``save_pretrained`` wrote (``adapter_config.json``)."""
+    path = Path(path)
+    for folder in (path / "checkpoints" / "adapter", path / "adapter", path):
+        if (folder / "adapter_config.json").is_file():
+            return folder
+    raise DataError(f"model.adapter: {path} holds no LoRA adapter (a finished sparring language run with LoRA, or "
+                    "a folder with adapter_config.json)")
+
+
+def with_adapter(model: nn.Module, path: str | Path, *, trainable: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` with the LoRA adapter saved at ``path`` (:func:`adapter_folder`), trainable if asked; and the
+    adapter's settings (r, alpha, dropout, target modules), which then apply to the run."""
+    from peft import PeftModel
+
+    folder = adapter_folder(path)
+    settings = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    try:
+        model = PeftModel.from_pretrained(model, folder, is_trainable=trainable)
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise DataError(f"model.adapter: {folder}: cannot load it onto this base model: "
+                        f"{' '.join(str(error).split())[:300]}") from None
+    lora = {"r": settings.get("r"), "alpha": settings.get("lora_alpha"), "dropout": settings.get("lora_dropout"),
+            "target_modules": sorted(settings.get("target_modules") or [])}
+    return model, lora
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
@@ -117,17 +158,26 @@ class LanguageJob(Job):
         self.config = config
         self.objective = config.build_objective()
         self.train_cfg, self.utility_ratio, self.max_length = config.build_train()
-        self.injection = any(inner.name == "localalign" for inner in walk(self.objective))
+        self.injection = self.objective is not None and any(inner.name == "localalign"
+                                                             for inner in walk(self.objective))
         self.data = load_language_data(config, injection=self.injection)
         max_positions = self.max_length + config.eval.max_new_tokens + 16
         if config.model.tiny:
             self.model, self.tokenizer = tiny_model(self.data.words, seed=config.seed, max_positions=max_positions)
+        elif config.model.source is not None:
+            from sparring.language.builtin import load_builtin
+
+            self.model, self.tokenizer = load_builtin(config.model.source, notify=lambda m: log.info("%s", m))
         else:
             assert config.model.path is not None
             self.model, self.tokenizer = pretrained_model(config.model.path,
                                                           allow_pickle_weights=config.model.allow_pickle_weights)
-        if config.lora is not None:
+        self.lora: dict[str, Any] | None = None
+        if config.model.adapter is not None:
+            self.model, self.lora = with_adapter(self.model, config.model.adapter, trainable=self.objective is not None)
+        elif config.lora is not None and self.objective is not None:
             self.model = with_lora(self.model, config.lora, seed=config.seed)
+            self.lora = config.lora.model_dump()
         rows = self.data.injection if self.injection else self.data.train
         self.train_data = LanguageEpochData(self.tokenizer, rows, self.data.utility, utility_ratio=self.utility_ratio,
                                             max_length=self.max_length, seed=config.seed,
@@ -137,45 +187,63 @@ class LanguageJob(Job):
 
     def resolved(self) -> dict[str, Any]:
         resolved = self.config.model_dump(mode="json")
-        resolved["objective"] = describe_objective(self.objective)
+        resolved["objective"] = describe_objective(self.objective) if self.objective is not None else "none"
+        if self.config.model.adapter is not None:
+            resolved["lora"] = self.lora  # the adapter's own settings
         train = {k: v for k, v in self.train_cfg.settings().items() if k != "seed"}  # the seed is the config's
         resolved["train"] = {**train, "utility_ratio": self.utility_ratio, "max_length": self.max_length}
         return resolved
 
     def headline(self) -> str:
-        model = "a tiny random Llama" if self.config.model.tiny else self.config.model.path
-        how = f"LoRA r {self.config.lora.r}" if self.config.lora is not None else "full fine-tuning"
+        model = "a tiny random Llama" if self.config.model.tiny else self.config.model.describe()
+        if self.config.model.adapter is not None:
+            model += f" + the adapter of {self.config.model.adapter}"
+        if self.objective is None:
+            return f"red-teaming {model} on {self.data.source} (no training)"
+        how = f"LoRA r {self.lora['r']}" if self.lora is not None else "full fine-tuning"
         return f"training {model} ({how}) with {self.objective.name} on {self.data.source}"
 
     def train(self, out: Path, *, resume: bool, progress: bool) -> None:
+        if self.objective is None:
+            return
         self.train_cfg.progress = progress
         self.trainer = Trainer(model=self.model, objective=self.objective, train=self.train_data, val=None,
-                               config=self.train_cfg, out_dir=out)
+                               config=self.train_cfg, out_dir=out,
+                               checkpoint_weights="trainable" if self.lora is not None else "all")
         self.result = self.trainer.fit(resume=resume)
         self.model = self.trainer.accelerator.unwrap_model(self.trainer.model, keep_torch_compile=False)
 
     def save_model(self, folder: Path) -> None:
-        """The LoRA adapter (``adapter/``) or the whole model (``model/``), with the tokenizer, and ``model.json``
-        saying which; nothing is written outside ``folder``."""
+        """The LoRA adapter (``adapter/``), the whole model (``model/``) or, for a run that did not train, nothing
+        but ``model.json``, with the tokenizer; ``model.json`` says which. Nothing is written outside ``folder``."""
         folder = Path(folder)
-        kind = "lora_adapter" if self.config.lora is not None else "full_model"
-        target = folder / ("adapter" if kind == "lora_adapter" else "model")
-        target.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(target)  # peft saves the adapter only; a plain model its safetensors weights
-        self.tokenizer.save_pretrained(target)
-        base: dict[str, Any] = ({"tiny": True, "seed": self.config.seed, "settings": TINY}
-                                if self.config.model.tiny else {"path": str(Path(self.config.model.path or "")
-                                                                            .resolve())})
+        if self.lora is not None:
+            kind = "lora_adapter"
+        else:
+            kind = "full_model" if self.objective is not None else "base"
+        if kind != "base":
+            target = folder / ("adapter" if kind == "lora_adapter" else "model")
+            target.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(target)  # peft saves the adapter only; a plain model its safetensors weights
+            self.tokenizer.save_pretrained(target)
+        folder.mkdir(parents=True, exist_ok=True)
+        model = self.config.model
+        base: dict[str, Any] = ({"tiny": True, "seed": self.config.seed, "settings": TINY} if model.tiny
+                                else {"source": model.source} if model.source is not None
+                                else {"path": str(Path(model.path or "").resolve())})
         atomic_write_json(folder / "model.json", {
-            "kind": kind, "folder": target.name, "base": base, "lora": self.config.lora.model_dump()
-            if self.config.lora is not None else None, "parameters": count_parameters(self.model),
-            "load": ("peft.PeftModel.from_pretrained(base_model, folder)" if kind == "lora_adapter"
-                     else "AutoModelForCausalLM.from_pretrained(folder)"),
+            "kind": kind, "folder": {"lora_adapter": "adapter", "full_model": "model"}.get(kind), "base": base,
+            "lora": self.lora, "parameters": count_parameters(self.model),
+            "load": {"lora_adapter": "peft.PeftModel.from_pretrained(base_model, folder)",
+                     "full_model": "AutoModelForCausalLM.from_pretrained(folder)",
+                     "base": "the base model as the config builds it"}[kind],
         })
 
     def load_trained(self, folder: Path) -> None:
         """The adapter (or whole model) :meth:`save_model` wrote, onto the base this config builds."""
-        if self.config.lora is not None:
+        if self.objective is None:
+            return  # nothing was trained: the config's own model (and adapter) is the model
+        if self.lora is not None:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
@@ -190,11 +258,10 @@ class LanguageJob(Job):
             self.model = type(self.model).from_pretrained(path, local_files_only=True, use_safetensors=True)
 
     def evaluate(self, out: Path, *, progress: bool, notify: Notify) -> dict[str, Any] | None:
-        from sparring.language.evaluate import default_attacks, evaluate_language
+        from sparring.language.evaluate import evaluate_language
 
         config = self.config
-        available = default_attacks()
-        attacks = {name: available[name] for name in config.eval.attacks}
+        attacks = config.eval.build_attacks()
         test = self.data.test[: config.eval.max_behaviours] if config.eval.max_behaviours else self.data.test
         report = evaluate_language(
             self.model, self.tokenizer, behaviours=test, utility=self.data.utility_test, benign=self.data.benign,
@@ -203,10 +270,9 @@ class LanguageJob(Job):
         )
         body: dict[str, Any] = {
             "language": report.to_dict(),
-            "model": {"source": "tiny" if config.model.tiny else config.model.path,
-                      "lora": config.lora.model_dump() if config.lora is not None else None,
+            "model": {"source": config.model.describe(), "adapter": config.model.adapter, "lora": self.lora,
                       "parameters": count_parameters(self.model)},
-            "objective": describe_objective(self.objective),
+            "objective": describe_objective(self.objective) if self.objective is not None else "none",
             "data": {"source": self.data.source, "train_behaviours": len(self.data.train),
                      "test_behaviours": len(test), "utility": len(self.data.utility),
                      "utility_test": len(self.data.utility_test), "benign": len(self.data.benign),
@@ -227,9 +293,7 @@ class LanguageJob(Job):
     def threat(self) -> dict[str, Any] | None:
         if "embedding" not in self.config.eval.attacks:
             return None
-        from sparring.language.evaluate import default_attacks
-
-        attack = default_attacks()["embedding"]
+        attack = self.config.eval.build_attacks()["embedding"]
         assert isinstance(attack, PromptAttack)
         return {"norm": "l2", "eps": attack.eps, "space": "embedding", "per": "token",
                 "relative_to": "mean embedding-row norm" if attack.relative else None,
@@ -247,7 +311,8 @@ class LanguageTask(Task):
     def check(self, config: LanguageRunConfig) -> None:
         objective = config.build_objective()
         config.build_train()
-        if config.data.injection is None and any(inner.name == "localalign" for inner in walk(objective)):
+        localalign = objective is not None and any(inner.name == "localalign" for inner in walk(objective))
+        if config.data.injection is None and localalign:
             raise ConfigError("data.injection: localalign trains on prompt-injection tasks; give a JSONL file "
                               "(instruction, data, answer, injection) or injection: toy")
         check_files(config)
@@ -256,4 +321,5 @@ class LanguageTask(Task):
         return LanguageJob(config)
 
 
-__all__ = ["LanguageJob", "LanguageTask", "count_parameters", "pretrained_model", "tiny_model", "with_lora"]
+__all__ = ["LanguageJob", "LanguageTask", "adapter_folder", "count_parameters", "pretrained_model", "tiny_model",
+           "with_adapter", "with_lora"]

@@ -85,6 +85,13 @@ def continuation_logits(model: nn.Module, batch: ChatBatch, cont: Continuation, 
     return out.logits[:, :-1]
 
 
+def _cache_of(out: Any) -> dict[str, Any]:
+    """The key/value cache of a forward's output, as the keyword the next forward takes: ``cache`` (transformers
+    5.x) or ``past_key_values`` (4.x)."""
+    cache = getattr(out, "cache", None)
+    return {"cache": cache} if cache is not None else {"past_key_values": out.past_key_values}
+
+
 class PromptView(nn.Module):
     """``model(x) → logits`` of the batch's ``continuations`` given the prompt representation x (module doc).
 
@@ -184,22 +191,34 @@ class PromptView(nn.Module):
     def generate(self, x: Tensor, *, max_new_tokens: int = 32, eos_token_id: int | None = None,
                  pad_token_id: int = 0) -> Tensor:
         """(B, n ≤ max_new_tokens) greedy continuation ids of the prompts represented by x, with the view's
-        perturbation applied at every step (no KV cache: each step reruns the prompt, so latent perturbations
-        hold exactly). Rows that emitted ``eos_token_id`` are padded with ``pad_token_id`` afterwards."""
+        perturbation applied. The prompts are read once, with the perturbation added at the prompt positions,
+        and their keys and values cached; each new token then reads only itself. That is exact for a causal LM,
+        latent perturbations included: a prompt position's states never depend on later tokens, so rerunning the
+        prompt at every step would give the same cache. Rows that emitted ``eos_token_id`` are padded with
+        ``pad_token_id`` afterwards."""
         b, device = len(self.batch), self.batch.device
-        ids = torch.empty(b, 0, dtype=torch.long, device=device)
-        done = torch.zeros(b, dtype=torch.bool, device=device)
-        for _ in range(max_new_tokens):
-            grown = Continuation(ids=torch.cat([ids, ids.new_full((b, 1), pad_token_id)], 1),
-                                 attention=torch.ones(b, ids.shape[1] + 1, dtype=torch.long, device=device))
-            step = self._with([grown], ["generated"])(x)[:, -1].argmax(-1)  # the last position predicts the next
-            step = torch.where(done, torch.full_like(step, pad_token_id), step)
-            ids = torch.cat([ids, step[:, None]], 1)
-            if eos_token_id is not None:
-                done |= step == eos_token_id
-                if bool(done.all()):
+        deltas = dict(zip(self.layers, self.delta(x).split(self.width, dim=1), strict=True))
+        attention = self.batch.prompt_attention
+        positions = (attention.cumsum(1) - 1).clamp_min(0)
+        with torch.no_grad():
+            with self._adding(deltas):
+                out = self.model(input_ids=self.batch.prompt_ids, attention_mask=attention, position_ids=positions,
+                                 use_cache=True, logits_to_keep=1)
+            done = torch.zeros(b, dtype=torch.bool, device=device)
+            tokens: list[Tensor] = []
+            for i in range(max_new_tokens):
+                step = torch.where(done, torch.full_like(done, pad_token_id, dtype=torch.long),
+                                   out.logits[:, -1].argmax(-1))
+                tokens.append(step)
+                if eos_token_id is not None:
+                    done |= step == eos_token_id
+                if bool(done.all()) or i == max_new_tokens - 1:
                     break
-        return ids
+                attention = torch.cat([attention, attention.new_ones(b, 1)], 1)
+                positions = positions[:, -1:] + 1
+                out = self.model(input_ids=step[:, None], attention_mask=attention, position_ids=positions,
+                                 **_cache_of(out), use_cache=True, logits_to_keep=1)
+        return torch.stack(tokens, 1) if tokens else torch.empty(b, 0, dtype=torch.long, device=device)
 
     def _with(self, conts: list[Continuation], names: list[str]) -> PromptView:
         """A shallow copy returning ``conts``' logits (x⁰ and s shared: computed first, so only once)."""

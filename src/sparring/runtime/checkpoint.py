@@ -419,10 +419,18 @@ def _join_optimizer(tensors: dict[str, Tensor], rest: dict[str, Any]) -> dict[st
 
 
 class CheckpointDir:
-    """The ``checkpoints/`` folder of a run: epoch folders plus ``latest.json`` / ``best.json`` pointers."""
+    """The ``checkpoints/`` folder of a run: epoch folders plus ``latest.json`` / ``best.json`` pointers.
 
-    def __init__(self, root: Path) -> None:
+    ``weights="trainable"`` saves only the parameters that require gradients (a LoRA adapter: megabytes, where the
+    whole model is hundreds): the rest is rebuilt from the run's config on resume. The file says so in its
+    metadata, and :meth:`load` then restores exactly those parameters and checks that they are all the model trains.
+    """
+
+    def __init__(self, root: Path, *, weights: str = "all") -> None:
+        if weights not in ("all", "trainable"):
+            raise ValueError(f"weights must be 'all' or 'trainable', got {weights!r}")
         self.root = Path(root)
+        self.weights = weights
 
     def save(
         self, *, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any], best: bool
@@ -432,7 +440,12 @@ class CheckpointDir:
         name = f"epoch-{epoch:04d}"
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}."))
         try:
-            save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
+            if self.weights == "trainable":
+                trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+                state = {k: v for k, v in model.state_dict().items() if k in trainable}
+                save_file(_tensors(state), str(tmp / "model.safetensors"), metadata={"weights": "trainable"})
+            else:
+                save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
             opt_tensors, opt_rest = _split_optimizer(optimizer.state_dict())
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
             atomic_write_json(tmp / "meta.json", {**meta, "epoch": epoch, "optimizer": opt_rest})
@@ -552,7 +565,10 @@ class CheckpointDir:
                     f"{_damaged_advice(path)}"
                 ) from None
         before = {k: v.detach().clone() for k, v in model.state_dict().items()} if joined is not None else None
-        _load_state(model, state, model_file)
+        if _saved_weights(model_file) == "trainable":
+            _load_trainable(model, state, model_file)
+        else:
+            _load_state(model, state, model_file)
         if optimizer is not None and joined is not None:
             try:
                 optimizer.load_state_dict(joined)
@@ -566,6 +582,29 @@ class CheckpointDir:
                     "checkpoint, or start afresh with --overwrite"
                 ) from None
         return meta
+
+
+def _saved_weights(file: Path) -> str:
+    """``"trainable"`` when the checkpoint holds only the trainable parameters, else ``"all"``."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        return (f.metadata() or {}).get("weights", "all")
+
+
+def _load_trainable(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """Restore a trainable-only checkpoint: its tensors must be exactly the model's trainable parameters."""
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing, extra = sorted(set(trainable) - set(state)), sorted(set(state) - set(trainable))
+    wrong = [k for k in state if k in trainable and tuple(state[k].shape) != tuple(trainable[k].shape)]
+    if missing or extra or wrong:
+        problem = (f"lacks {_few(missing)}" if missing else f"has parameters the model does not train: {_few(extra)}"
+                   if extra else f"has other shapes for {_few(wrong)}")
+        raise RunFolderError(f"the trainable-weights checkpoint {path} {problem}; resume with the config the run was "
+                             "started with, or start afresh with --overwrite")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            trainable[name].copy_(tensor)
 
 
 # --------------------------------------------------------------------------- checking what was written
