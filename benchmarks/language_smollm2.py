@@ -58,6 +58,8 @@ MODEL = "SmolLM2-135M-Instruct"
 #: further continuous attack costs about a minute and a half per run on 2 cores; the example configs run all five).
 CATALOGUE = ["none", "embedding", "embedding_2x", "latent", "suffix"]
 SUMMARY_ATTACKS = ["none", "embedding", "suffix"]
+#: Further seeds of a defence: the direct request and the embedding attack (the suffix search's ASR is then seed 0's).
+SECOND_SEED_ATTACKS = ["none", "embedding"]
 
 
 def config_for(stage: str, *, seed: int, adapter: Path | None, quick: bool, device: str,
@@ -134,7 +136,7 @@ def gradient_prediction(refusal_run: Path, *, quick: bool, device: str) -> list[
     job.load_trained(refusal_run / "checkpoints")
     model = job.model.to(device).eval()
     suite = load_suite("redteam")
-    calibration = suite.behaviours["train"][: 8 if quick else 40]
+    calibration = suite.behaviours["train"][: 8 if quick else 30]
     attacked = suite.behaviours["test"][: 4 if quick else 20]
     layers = [2, 6] if quick else [2, 6, 15]
     return study(model, job.tokenizer, calibration, attacked, layers=layers, eps=config.eval.eps,
@@ -209,6 +211,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "bench_smollm2")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--reuse", action="store_true",
+                        help="read the stages whose run folder already has a report.json instead of running them")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
@@ -223,7 +227,12 @@ def main() -> None:
 
     def stage(name: str, config: str, seed: int, adapter: Path | None, attacks: list[str]) -> Path:
         folder = args.runs / f"{name}_s{seed}"
-        report = run(config, folder, seed=seed, adapter=adapter, attacks=attacks, **settings)
+        if args.reuse and (folder / "report.json").is_file():  # a finished stage of an interrupted benchmark
+            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+            report.setdefault("wall_s", None)
+            log(f"reusing {folder}")
+        else:
+            report = run(config, folder, seed=seed, adapter=adapter, attacks=attacks, **settings)
         stages.setdefault(name, []).append(figures(report))
         timings[f"{name}_s{seed}"] = report["wall_s"]
         return folder
@@ -232,7 +241,7 @@ def main() -> None:
     refusal = stage("refusal_tuned", "refusal", 0, None, CATALOGUE)
     for seed in range(seeds):
         for defence in DEFENCES:
-            stage(defence, defence, seed, refusal, SUMMARY_ATTACKS)
+            stage(defence, defence, seed, refusal, SUMMARY_ATTACKS if seed == 0 else SECOND_SEED_ATTACKS)
     t0 = time.perf_counter()
     gradient_rows = gradient_prediction(refusal, **settings)
     timings["gradient_prediction"] = time.perf_counter() - t0
@@ -241,7 +250,7 @@ def main() -> None:
     table = markdown(stages, gradient_rows, summary)
     result = {
         "benchmark": "language_smollm2", "summary": summary,
-        "settings": {"quick": args.quick, "device": args.device, "defence_seeds": seeds,
+        "settings": {"quick": args.quick, "device": args.device, "defence_seeds": seeds, "reused": args.reuse,
                      "configs": {s: f"examples/configs/smollm2_{s}.yaml"
                                  for s in ("redteam", "refusal", *DEFENCES)},
                      "judge": "target judge (summary); refusal judge kept per stage",

@@ -261,6 +261,8 @@ class LanguageJob(Job):
         from sparring.language.evaluate import evaluate_language
 
         config = self.config
+        if self.trainer is None and not self.train_cfg.cpu and torch.cuda.is_available():
+            self.model.to("cuda")  # nothing trained here (objective none, or eval --model): evaluate on the GPU
         attacks = config.eval.build_attacks()
         test = self.data.test[: config.eval.max_behaviours] if config.eval.max_behaviours else self.data.test
         report = evaluate_language(
