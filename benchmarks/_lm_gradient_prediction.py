@@ -28,29 +28,37 @@ true gradients are computed once, λ chosen on a held-out quarter of them):
 * ``residual_lowrank`` (the exact ∂L/∂h_final at the targets through a learned low-rank map) is not implemented:
   it needs the full forward, which here is already half of the true gradient's cost, so it cannot reach 5×.
 
-What was measured (SmolLM2-135M-Instruct, 30 blocks, hidden 576, float32, 2 busy CPU cores; calibration = the 80
-train + validation behaviours of ``sparring/language/redteam/behaviours.jsonl``, attacked = its 20 test ones,
-ε = 0.05, batch 10, prompt block ≈ 41 tokens of which ≈ 9 are the user's, target ≈ 15 tokens; see the caller's
-benchmark for the table):
+What was measured on the shipped SmolLM2-135M-Instruct (30 blocks, hidden 576, float32, 2 shared CPU cores, ε 0.05,
+batch 10; prompt block ≈ 41 tokens of which ≈ 9 are the user's, target ≈ 15 tokens; true FGSM raises the target
+NLL by ≈ 0.6 nat):
 
-* ``direct`` saturates at a per-token cosine ≈ 0.37 and ≈ 0.4 of true FGSM's loss increase at every layer from
-  0 to 15: its test cosine goes 0.30 → 0.35 → 0.37 → 0.38 with 10 → 20 → 40 → 80 calibration behaviours, so more
-  data hardly helps: the part it captures is a function of the token alone.
-* ``context`` does not help (cosine 0.32-0.34, slightly below ``direct``: twice the features, no gain). Even an
-  oracle per-behaviour offset added to ``direct`` (the best any additive term in h(last) could do) only reaches
-  cosine 0.43: the missing part is an *interaction* between the token and the target, which a map linear in
-  [h(t), h(last)] cannot express; elementwise products h(t)⊙h(last), attention-like summaries of the target
-  states and low-rank PCA context features did not help either (cosine 0.37 ± 0.01), nor did swapping the middle
-  blocks for identity or a ridge "bridge" (cosine < 0.1).
+* A full ``study`` (24 hand-written calibration behaviours, 10 attacked, layers 2, 4, 6, 10, 15, 3 rounds; an
+  earlier two_stage with one map over all positions and λ by row cosine) gave success ratios direct 0.38-0.40 at
+  every layer, context 0.35-0.38, two_stage 0.32, 0.40, 0.44, 0.55, 0.70 at ℓ = 2, 4, 6, 10, 15, and throughput
+  ratios direct 21×, 22×, 8×, 2.6×, 1.8×, context 7.8×, 5.1×, 3.8×, 2.5×, 1.7×, two_stage 3.5×, 2.2×, 1.6×,
+  1.0×, 0.9× (the box was heavily loaded: two-thread timings there carry large straggler overheads, so these sit
+  below the cost model). Success ratio tracks the mean cosine closely (within ≈ 0.03).
+* Offline, on the true gradients of the redteam suite (``sparring/language/redteam/behaviours.jsonl``: the 80
+  train + validation behaviours calibrate, the 20 test ones are scored): ``direct`` saturates at a per-token
+  cosine ≈ 0.37 at every layer from 0 to 15, and its test cosine goes 0.30 → 0.34 → 0.37 → 0.38 with 10 → 20 → 40
+  → 80 calibration behaviours: more data hardly helps, the part it captures is a function of the token alone.
+* ``context`` does not help (cosine 0.33-0.34, below ``direct``: twice the features, no gain). Even an oracle
+  per-behaviour offset added to ``direct`` (the best any additive term in h(last) could do) only reaches cosine
+  0.43: the missing part is an *interaction* between the token and the target, which a map linear in
+  [h(t), h(last)] cannot express; elementwise products h(t)⊙h(last), attention-like summaries of the target states
+  and low-rank (PCA) context features did not help either (0.37 ± 0.01), nor did a shallow surrogate model (the
+  middle blocks replaced by the identity or a ridge "bridge" from h_a to h_m: cosine < 0.1).
 * Why two_stage needs its exact backward: at ℓ ≤ 10 the true ∂L/∂h_ℓ at the user-prompt tokens is nearly
-  orthogonal to ∂L/∂x there (cosine ≤ 0.12; the first blocks' RMSNorm on small embeddings dominates the Jacobian),
-  and ≥ 90 % of ∂L/∂x at the prompt flows through the prompt positions' own residual streams, i.e. it is created
-  by attention *after* layer ℓ (back-propagating the exact ∂L/∂h_ℓ of the target positions alone gives cosine
-  0.26 at ℓ = 2). Its quality therefore grows with ℓ (end-to-end cosine ≈ 0.40, 0.44, 0.48, 0.59, 0.69 at
-  ℓ = 2, 4, 6, 10, 15) while its cost grows as (ℓ+1)/n.
-* The goal (≥ 5× throughput at ≥ 0.8 of true FGSM's loss increase) is not reached: 5× allows ℓ+1 ≲ 12 blocks of
-  truncated forward (direct, context) or ≲ 6 blocks of forward + backward (two_stage), where every predictor
-  stays at ≈ 0.4 of the true step's success; 0.7 needs two_stage at ℓ ≈ 15 (≈ 2×).
+  orthogonal to ∂L/∂x there (cosine ≤ 0.12; the first blocks dominate the Jacobian), and ≥ 90 % of ∂L/∂x at the
+  prompt flows through the prompt positions' own residual streams, i.e. it is created by attention *after* layer
+  ℓ (back-propagating the exact ∂L/∂h_ℓ of the target positions alone gives cosine 0.26 at ℓ = 2; the logit lens
+  at ℓ gives a negative cosine). Its quality therefore grows with ℓ while its cost grows as (ℓ+1)/n: end-to-end
+  test cosine 0.40, 0.44, 0.48, 0.59 at ℓ = 2, 4, 6, 10 with the two maps here (0.38, 0.42, 0.46, 0.57 with one
+  map over all positions).
+* The goal (≥ 5× throughput at ≥ 0.8 of true FGSM's loss increase) is not reached: 5× leaves ℓ+1 ≲ 12 blocks of
+  truncated forward (direct, context) or ≲ 6 blocks of forward + backward (two_stage), where every predictor stays
+  at ≈ 0.4 of the true step's success; ≈ 0.7 needs two_stage at ℓ = 15 (≈ 2× by the cost model). The best
+  trade-off is ``direct`` at a shallow layer: ≈ 20× the throughput at ≈ 0.4 of the success.
 
 Timing: for each attacked batch, each method's step (its gradient or prediction + the FGM step, not the loss
 evaluation that follows) is timed in rounds that alternate the methods' order; ``time_s`` is the mean over batches
@@ -135,7 +143,8 @@ class _Batch:
         target = batch.continuation("target").attention
         rows = torch.cat([batch.prompt_attention, target], 1).bool()
         last = width + target.sum(1) - 1
-        rows[torch.arange(len(batch)), last] = False  # the last token's output predicts nothing: ∂L/∂h = 0 there
+        # the last token's output predicts nothing: ∂L/∂h = 0 there
+        rows[torch.arange(len(batch), device=rows.device), last] = False
         column = torch.arange(rows.shape[1], device=rows.device)[None]
         first = mask.float().argmax(1, keepdim=True)  # the first moved token: earlier positions cannot reach it
         parts = (rows & (column >= first) & (column < width), rows & (column >= width))
@@ -155,6 +164,12 @@ class _Batch:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the accelerator, so that a wall-clock time covers the work it was given."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _with_last(h: Tensor, last: Tensor) -> Tensor:
@@ -268,9 +283,10 @@ def _calibrate(fit_batches: list[_Batch], held: list[_Batch], blocks: nn.ModuleL
             for method in methods:
                 pairs = list(zip(_features(method, box[layer], b), _targets(method, g_x, g_h, b), strict=True))
                 if i < len(fit_batches):
-                    accs = fits.setdefault((method, layer), [RidgeAccumulator(f.shape[1], t.shape[1], device=f.device)
-                                                             for f, t in pairs])
-                    for acc, (feats, targets) in zip(accs, pairs, strict=True):
+                    if (method, layer) not in fits:
+                        fits[(method, layer)] = [RidgeAccumulator(f.shape[1], t.shape[1], device=f.device)
+                                                 for f, t in pairs]
+                    for acc, (feats, targets) in zip(fits[(method, layer)], pairs, strict=True):
                         acc.add(feats, targets)
                 else:
                     held_rows.setdefault((method, layer), []).append(pairs)
@@ -328,7 +344,7 @@ def study(model: nn.Module, tokenizer: Any, calibration: list[Behaviour], attack
     if repeats < 1 or batch_size < 1:
         raise ConfigError(f"repeats and batch_size must be >= 1, got {repeats} and {batch_size}")
     lambdas = tuple(ridge_lambdas or LAMBDAS)
-    blocks = decoder_layers(model)
+    blocks, device = decoder_layers(model), _device(model)
     layers = sorted({layer % len(blocks) for layer in layers})
     start = time.perf_counter()
 
@@ -355,8 +371,10 @@ def study(model: nn.Module, tokenizer: Any, calibration: list[Behaviour], attack
             order = configs if r % 2 == 0 else configs[::-1]
             for i, b in enumerate(attack):
                 for config in order:
+                    _sync(device)
                     begin = time.perf_counter()
                     g, x_adv = step(config, b)
+                    _sync(device)
                     times[config][i].append(time.perf_counter() - begin)
                     if r == 0:
                         steps[config].append((g.detach(), x_adv.detach()))
