@@ -136,8 +136,8 @@ def gradient_prediction(refusal_run: Path, *, quick: bool, device: str) -> list[
     job.load_trained(refusal_run / "checkpoints")
     model = job.model.to(device).eval()
     suite = load_suite("redteam")
-    calibration = suite.behaviours["train"][: 8 if quick else 30]
-    attacked = suite.behaviours["test"][: 4 if quick else 20]
+    calibration = suite.behaviours["train"][: 8 if quick else 24]
+    attacked = suite.behaviours["test"][: 4 if quick else 10]
     layers = [2, 6] if quick else [2, 6, 15]
     return study(model, job.tokenizer, calibration, attacked, layers=layers, eps=config.eval.eps,
                  batch_size=4 if quick else 10, repeats=1 if quick else 2, log=log)
@@ -158,7 +158,7 @@ def summarize(stages: dict[str, list[dict[str, Any]]], gradient_rows: list[dict[
     keys = ["shipped", "refusal_tuned", *DEFENCES]
 
     def per_stage(read: Any) -> dict[str, float | None]:
-        return {k: mean([read(f) for f in stages[k]]) for k in keys}
+        return {k: mean([read(f) for f in stages.get(k, [])]) for k in keys}
 
     utility = per_stage(lambda f: f["utility_answered"])
     base = utility["refusal_tuned"]
@@ -169,7 +169,7 @@ def summarize(stages: dict[str, list[dict[str, Any]]], gradient_rows: list[dict[
         "utility": utility,
         "utility_drop": {k: None if base is None or utility[k] is None else base - utility[k] for k in DEFENCES},
         "over_refusal": per_stage(lambda f: f["over_refusal"]),
-        "gradient_prediction": best_trade_off(gradient_rows),
+        "gradient_prediction": best_trade_off(gradient_rows) if gradient_rows else None,
     }
 
 
@@ -199,6 +199,8 @@ def markdown(stages: dict[str, list[dict[str, Any]]], gradient_rows: list[dict[s
                      f"{row['cosine']:.2f} |" if row.get("cosine") is not None else
                      f"| {row['method']} | — | {row['throughput_ratio']:.1f} | {row['success_ratio']:.2f} | — |")
     best = summary["gradient_prediction"]
+    if best is None:
+        return "\n".join(lines) + "\n"
     lines += ["", f"Best trade-off: {best['method']} at layer {best['layer']}: {best['throughput_ratio']:.1f}× "
                   f"throughput, {best['success_ratio']:.2f} of true FGSM's target-loss increase."]
     return "\n".join(lines) + "\n"
@@ -213,6 +215,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--reuse", action="store_true",
                         help="read the stages whose run folder already has a report.json instead of running them")
+    parser.add_argument("--assemble", action="store_true",
+                        help="run nothing: write the JSON from the finished stages (missing ones and the gradient "
+                             "study stay empty)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
@@ -227,10 +232,13 @@ def main() -> None:
 
     def stage(name: str, config: str, seed: int, adapter: Path | None, attacks: list[str]) -> Path:
         folder = args.runs / f"{name}_s{seed}"
-        if args.reuse and (folder / "report.json").is_file():  # a finished stage of an interrupted benchmark
+        if (args.reuse or args.assemble) and (folder / "report.json").is_file():  # a finished stage
             report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
             report.setdefault("wall_s", None)
             log(f"reusing {folder}")
+        elif args.assemble:
+            log(f"{folder}: not finished, left out")
+            return folder
         else:
             report = run(config, folder, seed=seed, adapter=adapter, attacks=attacks, **settings)
         stages.setdefault(name, []).append(figures(report))
@@ -243,14 +251,16 @@ def main() -> None:
         for defence in DEFENCES:
             stage(defence, defence, seed, refusal, SUMMARY_ATTACKS if seed == 0 else SECOND_SEED_ATTACKS)
     t0 = time.perf_counter()
-    gradient_rows = gradient_prediction(refusal, **settings)
+    gradient_rows = [] if args.assemble else gradient_prediction(refusal, **settings)
     timings["gradient_prediction"] = time.perf_counter() - t0
     summary = summarize(stages, gradient_rows)
-    spreads = {k: [spread(r["embedding_target_nll"]) for r in stages[k]] for k in ("refusal_tuned", "cat", "warden")}
+    spreads = {k: [spread(r["embedding_target_nll"]) for r in stages.get(k, [])]
+               for k in ("refusal_tuned", "cat", "warden")}
     table = markdown(stages, gradient_rows, summary)
     result = {
         "benchmark": "language_smollm2", "summary": summary,
         "settings": {"quick": args.quick, "device": args.device, "defence_seeds": seeds, "reused": args.reuse,
+                     "assembled": args.assemble,
                      "configs": {s: f"examples/configs/smollm2_{s}.yaml"
                                  for s in ("redteam", "refusal", *DEFENCES)},
                      "judge": "target judge (summary); refusal judge kept per stage",
