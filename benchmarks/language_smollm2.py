@@ -218,6 +218,7 @@ def main() -> None:
     parser.add_argument("--assemble", action="store_true",
                         help="run nothing: write the JSON from the finished stages (missing ones and the gradient "
                              "study stay empty)")
+    parser.add_argument("--study", action="store_true", help="with --assemble: still run the gradient study")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
@@ -251,7 +252,7 @@ def main() -> None:
         for defence in DEFENCES:
             stage(defence, defence, seed, refusal, SUMMARY_ATTACKS if seed == 0 else SECOND_SEED_ATTACKS)
     t0 = time.perf_counter()
-    gradient_rows = [] if args.assemble else gradient_prediction(refusal, **settings)
+    gradient_rows = [] if args.assemble and not args.study else gradient_prediction(refusal, **settings)
     timings["gradient_prediction"] = time.perf_counter() - t0
     summary = summarize(stages, gradient_rows)
     spreads = {k: [spread(r["embedding_target_nll"]) for r in stages.get(k, [])]
