@@ -155,7 +155,7 @@ def _dequantize(gguf: Path, out: Path) -> None:
 def load_builtin(name: str, *, cache: Path | None = None, notify: Callable[[str], None] | None = None
                  ) -> tuple[nn.Module, Any]:
     """(model in eval mode, tokenizer) of built-in chat model ``name`` (``"smollm2"``), from the cache."""
-    from sparring.language.task import pretrained_model
+    from sparring.language.pretrained import pretrained_model
 
     return pretrained_model(str(builtin_folder(name, cache=cache, notify=notify)), allow_pickle_weights=False)
 

@@ -100,7 +100,7 @@ def check_files(config: LanguageRunConfig) -> None:
     if data.injection is not None and data.injection != "toy" and not Path(data.injection).is_file():
         raise DataError(f"data.injection: no such file: {data.injection} (or write injection: toy)")
     if config.model.adapter is not None:
-        from sparring.language.task import adapter_folder
+        from sparring.language.pretrained import adapter_folder
 
         adapter_folder(config.model.adapter)
     if config.model.path is not None and not Path(config.model.path).is_dir():

@@ -48,7 +48,6 @@ are still what the ASR is measured on, and the held-out injection tasks add a ne
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,8 +56,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparring.errors import ConfigError, DataError, RunFolderError
+from sparring.errors import ConfigError, RunFolderError
 from sparring.files import atomic_write_json
+from sparring.language.pretrained import adapter_folder, pretrained_model, with_adapter
 from sparring.language.prompt_attack import PromptAttack
 from sparring.language.run_config import LanguageRunConfig, LoraSection, describe_objective
 from sparring.language.run_data import LanguageEpochData, check_files, load_language_data
@@ -86,23 +86,6 @@ def tiny_model(words: Sequence[str], *, seed: int, max_positions: int) -> tuple[
     return LlamaForCausalLM(config), tokenizer
 
 
-def pretrained_model(path: str, *, allow_pickle_weights: bool) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sparring.language.pretrained import check_safetensors, load_pretrained
-
-    check_safetensors(path, allow_pickle_weights=allow_pickle_weights)
-    try:  # transformers says "not a model folder" with OSError or ValueError
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = load_pretrained(AutoModelForCausalLM, path, allow_pickle_weights=allow_pickle_weights)
-    except (OSError, ValueError) as error:
-        raise DataError(f"model.path: {path}: cannot load a causal LM and its tokenizer: "
-                        f"{' '.join(str(error).split())[:300]}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
 def with_lora(model: nn.Module, spec: LoraSection, *, seed: int) -> nn.Module:
     """``model`` with LoRA adapters (peft); only the adapters train. Their initialization is drawn from ``seed``."""
     from peft import LoraConfig, get_peft_model
@@ -114,34 +97,6 @@ def with_lora(model: nn.Module, spec: LoraSection, *, seed: int) -> nn.Module:
         return get_peft_model(model, config)
     except ValueError as error:
         raise ConfigError(f"lora.target_modules: {' '.join(str(error).split())[:300]}") from None
-
-
-def adapter_folder(path: str | Path) -> Path:
-    """The LoRA adapter folder ``path`` names: a sparring run folder (``checkpoints/adapter``), its
-    ``checkpoints`` folder, or a folder ``save_pretrained`` wrote (``adapter_config.json``)."""
-    path = Path(path)
-    for folder in (path / "checkpoints" / "adapter", path / "adapter", path):
-        if (folder / "adapter_config.json").is_file():
-            return folder
-    raise DataError(f"model.adapter: {path} holds no LoRA adapter (a finished sparring language run with LoRA, or "
-                    "a folder with adapter_config.json)")
-
-
-def with_adapter(model: nn.Module, path: str | Path, *, trainable: bool) -> tuple[nn.Module, dict[str, Any]]:
-    """``model`` with the LoRA adapter saved at ``path`` (:func:`adapter_folder`), trainable if asked; and the
-    adapter's settings (r, alpha, dropout, target modules), which then apply to the run."""
-    from peft import PeftModel
-
-    folder = adapter_folder(path)
-    settings = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    try:
-        model = PeftModel.from_pretrained(model, folder, is_trainable=trainable)
-    except (ValueError, RuntimeError, KeyError) as error:
-        raise DataError(f"model.adapter: {folder}: cannot load it onto this base model: "
-                        f"{' '.join(str(error).split())[:300]}") from None
-    lora = {"r": settings.get("r"), "alpha": settings.get("lora_alpha"), "dropout": settings.get("lora_dropout"),
-            "target_modules": sorted(settings.get("target_modules") or [])}
-    return model, lora
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
