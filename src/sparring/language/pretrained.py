@@ -4,6 +4,9 @@
 unpickling can run whatever code the file names. :func:`load_pretrained` passes ``use_safetensors=True`` and
 ``local_files_only=True``, so a folder whose weights exist only as a pickle is refused in one line that says how
 to convert it; ``allow_pickle_weights=True`` lifts that for files from a source you trust.
+
+:func:`pretrained_model` loads a causal LM and its tokenizer from such a folder; :func:`adapter_folder` and
+:func:`with_adapter` find and attach a saved LoRA adapter (``model.adapter`` of a language run).
 """
 
 from __future__ import annotations
