@@ -329,7 +329,8 @@ def study(model: nn.Module, tokenizer: Any, calibration: list[Behaviour], attack
           log: Callable[[str], Any] | None = None) -> list[dict]:
     """Predicted-gradient FGM against true FGM on ``attacked``, maps fitted on ``calibration`` (module doc).
 
-    Returns the ``true`` row, then one row per (method, layer): ``method``, ``layer`` (None for true),
+    Returns the ``true`` row, the ``random`` row (a Gaussian direction per token: the floor any predictor must
+    clear), then one row per (method, layer): ``method``, ``layer`` (None for true),
     ``throughput_ratio``, ``success_ratio`` (mean target-loss increase / true's), ``loss_increase`` (mean),
     ``cosine`` (mean per-token cosine of ĝ with g on the moved tokens), ``time_s`` (per batch), ``features`` (the
     ridge input size), ``lambda`` and ``holdout_cosine`` (the calibration's choice)."""
@@ -358,11 +359,15 @@ def study(model: nn.Module, tokenizer: Any, calibration: list[Behaviour], attack
         say(f"calibrated {len(predictors)} predictors on {len(calibration)} behaviours "
             f"({time.perf_counter() - start:.0f}s)")
         attack = make(attacked)
-        configs: list[Config] = [("true", None), *((m, layer) for m in methods for layer in layers)]
+        configs: list[Config] = [("true", None), ("random", None), *((m, layer) for m in methods for layer in layers)]
 
-        def step(config: Config, b: _Batch) -> tuple[Tensor, Tensor]:
+        def step(config: Config, b: _Batch, i: int) -> tuple[Tensor, Tensor]:
             method, layer = config
-            g = _true_gradient(b) if layer is None else predictors[(method, layer)].gradient(b, blocks)
+            if method == "random":  # the floor: a Gaussian direction per token, the same size of step
+                g = torch.randn(b.x0.shape, generator=torch.Generator(device=device).manual_seed(i), device=device,
+                                dtype=b.x0.dtype)
+            else:
+                g = _true_gradient(b) if layer is None else predictors[(method, layer)].gradient(b, blocks)
             return g, _fgm(b, g, eps)
 
         times: dict[Config, list[list[float]]] = {c: [[] for _ in attack] for c in configs}
@@ -373,7 +378,7 @@ def study(model: nn.Module, tokenizer: Any, calibration: list[Behaviour], attack
                 for config in order:
                     _sync(device)
                     begin = time.perf_counter()
-                    g, x_adv = step(config, b)
+                    g, x_adv = step(config, b, i)
                     _sync(device)
                     times[config][i].append(time.perf_counter() - begin)
                     if r == 0:

@@ -146,12 +146,13 @@ def gradient_prediction(refusal_run: Path, *, quick: bool, device: str) -> list[
 def best_trade_off(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The best predicted-gradient row: the highest success ratio among those with throughput ≥ 5; if none has,
     the highest throughput × success (target-loss increase per unit of true FGSM's cost)."""
-    predicted = [r for r in rows if r["method"] != "true"]
+    predicted = [r for r in rows if r["method"] not in ("true", "random")]
     fast = [r for r in predicted if r["throughput_ratio"] >= 5]
     best = (max(fast, key=lambda r: r["success_ratio"]) if fast
             else max(predicted, key=lambda r: r["throughput_ratio"] * r["success_ratio"]))
+    random = next((r["success_ratio"] for r in rows if r["method"] == "random"), None)
     return {"throughput_ratio": best["throughput_ratio"], "success_ratio": best["success_ratio"],
-            "layer": best["layer"], "method": best["method"]}
+            "layer": best["layer"], "method": best["method"], "random_direction_success_ratio": random}
 
 
 def summarize(stages: dict[str, list[dict[str, Any]]], gradient_rows: list[dict[str, Any]]) -> dict[str, Any]:
