@@ -150,9 +150,8 @@ def best_trade_off(rows: list[dict[str, Any]]) -> dict[str, Any]:
     fast = [r for r in predicted if r["throughput_ratio"] >= 5]
     best = (max(fast, key=lambda r: r["success_ratio"]) if fast
             else max(predicted, key=lambda r: r["throughput_ratio"] * r["success_ratio"]))
-    random = next((r["success_ratio"] for r in rows if r["method"] == "random"), None)
     return {"throughput_ratio": best["throughput_ratio"], "success_ratio": best["success_ratio"],
-            "layer": best["layer"], "method": best["method"], "random_direction_success_ratio": random}
+            "layer": best["layer"], "method": best["method"]}
 
 
 def summarize(stages: dict[str, list[dict[str, Any]]], gradient_rows: list[dict[str, Any]]) -> dict[str, Any]:
