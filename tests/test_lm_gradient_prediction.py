@@ -53,8 +53,8 @@ def test_study_rows_and_true_fgsm_raises_the_target_loss(tiny, single_thread) ->
     rows = load_study()(model, tokenizer, items[:8], items[8:], layers=[1, 2], eps=0.2, batch_size=4, repeats=2)
     assert model.training and all(p.requires_grad for p in model.parameters())  # frozen_model restored them
     assert [(r["method"], r["layer"]) for r in rows] == [
-        ("true", None), ("direct", 1), ("direct", 2), ("context", 1), ("context", 2), ("two_stage", 1),
-        ("two_stage", 2)]
+        ("true", None), ("random", None), ("direct", 1), ("direct", 2), ("context", 1), ("context", 2),
+        ("two_stage", 1), ("two_stage", 2)]
     keys = {"method", "layer", "throughput_ratio", "success_ratio", "loss_increase", "cosine", "time_s", "features"}
     for row in rows:
         assert keys <= row.keys()
@@ -64,7 +64,8 @@ def test_study_rows_and_true_fgsm_raises_the_target_loss(tiny, single_thread) ->
     assert true["loss_increase"] > 0
     assert true["success_ratio"] == 1 and true["throughput_ratio"] == 1
     assert true["cosine"] == pytest.approx(1.0) and true["features"] is None
-    assert {r["features"] for r in rows[1:]} == {32, 64}  # h, or [h, h(last)]
+    assert rows[1]["features"] is None and abs(rows[1]["success_ratio"]) < 0.5  # a random direction: the floor
+    assert {r["features"] for r in rows[2:]} == {32, 64}  # h, or [h, h(last)]
 
 
 def test_study_refuses_shared_behaviours(tiny) -> None:

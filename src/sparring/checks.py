@@ -159,6 +159,20 @@ def eps_zero_matches_clean(at_zero: float, clean: float, where: str) -> Check:
     return check("eps_zero_matches_clean", abs(at_zero - clean) < 1e-9, detail)
 
 
+def detector_tested_adaptively(detection: dict[str, Any]) -> Check:
+    """A detector is only as good as its figure under an attack that knows it (Carlini & Wagner, 2017)."""
+    before = detection["detection_aware_robust_accuracy_non_adaptive"]
+    if not detection["adaptive_tested"]:
+        return check("detector_adaptive", False,
+                     f"the detector was tested only against attacks that ignore it: its detection-aware robust "
+                     f"accuracy {before:.3f} is an upper bound. Run the adaptive sweep (eval.detector.lambdas)")
+    after, worst = detection["detection_aware_robust_accuracy"], detection["worst_adaptive"]
+    return check("detector_adaptive", True,
+                 f"an adaptive attack ({worst['name']}, λ sweep {[r['lambda'] for r in detection['adaptive']]}) "
+                 f"took the detection-aware robust accuracy from {before:.3f} (non-adaptive) to {after:.3f}; "
+                 f"the worst λ was {worst['lambda']:g}")
+
+
 def log_failures(checks: list[Check]) -> None:
     for item in checks:
         if item["passed"] is False:

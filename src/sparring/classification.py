@@ -11,14 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 import sparring.runtime.trackers as trackers
 from sparring.config import RunConfig, check_run_config
 from sparring.data import Dataset, load_data, long_tail
-from sparring.evaluate import build_report, describe_data, evaluate, parameters
+from sparring.detectors.base import Detector
+from sparring.detectors.evaluation import calibrated_detector, load_detector
+from sparring.errors import ConfigError
+from sparring.evaluate import build_report, describe_data, evaluate, parameters, write_examples
 from sparring.files import atomic_write_json
 from sparring.models import build_model, with_normalization
 from sparring.objectives import Objective
@@ -101,14 +103,46 @@ class ClassificationJob(Job):
     def load_trained(self, folder: Path) -> None:
         load_weights(self.model, folder / "model.safetensors")
 
+    def detector(self, out: Path, notify: Notify) -> tuple[Detector | None, dict[str, Any] | None]:
+        """``eval.detector``: read from ``out/detector`` when an earlier (interrupted) evaluation saved it, else fitted
+        on the training split minus ``calibration`` held-out points, calibrated on those attacked, and saved."""
+        spec = self.config.eval.detector
+        if spec is None:
+            return None, None
+        folder = out / "detector"
+        if (folder / "detector.json").is_file():
+            return load_detector(folder, self.model), None
+        notify(f"fitting the {spec.name} detector on layer {spec.layer}")
+        x, y = self.train_data.x, self.train_data.y
+        if spec.calibration >= len(x):
+            raise ConfigError(f"eval.detector.calibration ({spec.calibration}) must be below the {len(x)} "
+                              "training points")
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.config.seed))
+        calib, fit = order[:spec.calibration], order[spec.calibration:]
+        device = next(self.model.parameters()).device
+        calibration_attack, _ = spec.build_attacks()
+        detector, record = calibrated_detector(
+            spec.name, self.model, layer=spec.layer, fit_x=x[fit].to(device), calib_x=x[calib].to(device),
+            calib_y=y[calib].to(device), threat=self.eval_threat, attack=calibration_attack, fit_steps=spec.fit_steps,
+            fpr=spec.fpr, settings=spec.settings, seed=self.config.seed,
+        )
+        detector.save(folder)  # type: ignore[attr-defined]
+        return detector, record
+
     def evaluate(self, out: Path, *, progress: bool, notify: Notify) -> dict[str, Any] | None:
         config = self.config
+        detector, fitted = self.detector(out, notify)
         evaluation = evaluate(
             self.model, self.test_data, self.eval_threat, suite=config.build_suite(),
             eps_curve=config.eval.eps_curve, batch_size=config.eval.batch_size, max_samples=config.eval.max_samples,
             seed=config.seed, precision=config.eval.precision, state_dir=out / "eval_state", notify=notify,
-            progress=progress,
+            progress=progress, detector=detector,
+            detector_attack=config.eval.detector.build_attacks()[1] if config.eval.detector else None,
+            detector_lambdas=config.eval.detector.lambdas if config.eval.detector else (),
+            detector_radii=config.eval.detector.radii if config.eval.detector else (),
         )
+        if evaluation.detection is not None and fitted is not None:
+            evaluation.detection["fit"] = fitted
         report = build_report(
             evaluation, run_name=config.name or out.name, objective=self.objective.describe(),
             model={"name": config.model.name, "parameters": parameters(self.model)},
@@ -116,7 +150,7 @@ class ClassificationJob(Job):
         )
         if self.trainer is not None and self.result is not None:
             trackers.log_evaluation(self.trainer.accelerator, report, step=len(self.result.history))
-        np.savez_compressed(out / "examples.npz", **{k: v.numpy() for k, v in evaluation.examples.items()})
+        write_examples(out, evaluation)
         return report
 
     def threat(self) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""The ``sparring`` command line: demo, run, train, eval, attack, compare, report (and ``--version``).
+"""The ``sparring`` command line: demo, run, train, eval, attack, compare, report, rate (and ``--version``).
 
 Bad input (a malformed config, a missing file, NaN data, a negative ε, labels out of range, an existing
 run folder) ends with one line on stderr naming the problem and exit status 2, never a traceback.
@@ -150,6 +150,12 @@ def eval_(
     seed: int = 0,
     compile_model: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the model for the attack loops (helps on GPUs and large models).")] = False,
+    detector: Annotated[str | None, typer.Option(
+        "--detector", help="A saved detector folder (a run's detector/, written by eval.detector in YAML): adds "
+        "detection per attack and under an adaptive attack to the report.")] = None,
+    detector_lambdas: Annotated[str | None, typer.Option(
+        "--detector-lambdas", help="Comma-separated weights of the detector term in the adaptive attack "
+        "(default 0,0.1,0.3,1,3,10; 'none': non-adaptive only, and the report says so).")] = None,
     out: OutOption = None,
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
@@ -201,10 +207,17 @@ def eval_(
     check_model_accepts(net, test)  # a wrong shape is the one line the user sees
     if main and test.layout:
         _notify(f"data: {test.layout}")
+    detection: dict[str, Any] = {}
+    if detector is not None:
+        from sparring.detectors.evaluation import DEFAULT_LAMBDAS, load_detector
+
+        lambdas = (() if detector_lambdas.strip().lower() == "none" else _floats(detector_lambdas, "--detector-lambdas")
+                   ) if detector_lambdas is not None else DEFAULT_LAMBDAS
+        detection = {"detector": load_detector(detector, net), "detector_lambdas": lambdas}
     report = evaluate_model(
         net, test, threat, folder, model_name=model, suite=cascade, eps_curve=radii, max_samples=max_samples,
         batch_size=batch_size, seed=seed, precision=precision, overwrite=overwrite,
-        notify=_notify if main else None, progress=main and not quiet,
+        notify=_notify if main else None, progress=main and not quiet, **detection,
     )
     if report is not None:
         _show(report, folder)
@@ -420,6 +433,76 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder holding re
     data = view.load(run_dir)
     page = view.write_html(run_dir)
     _show(data, page.parent)
+
+
+@app.command()
+def rate(
+    paths: Annotated[list[Path], typer.Argument(
+        metavar="PATH", show_default=False,
+        help="Run or eval folders holding examples.npz; with --summarize, the answers files (JSON) exported by "
+        "rating pages.")],
+    summarize: Annotated[bool, typer.Option(
+        "--summarize", help="Summarise answers files: mean rating per attack, Krippendorff's α, TOST against the "
+        "clean/clean controls.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Page to write (default rating.html); an existing file is replaced only if sparring rate "
+        "wrote it.")] = None,
+    pairs: Annotated[int | None, typer.Option(
+        "--pairs", min=1, help="At most this many clean/adversarial pairs, drawn evenly across attacks (default: "
+        "all).")] = None,
+    controls: Annotated[int | None, typer.Option(
+        "--controls", min=0, help="Clean/clean control pairs (default: a quarter of the pairs, at least 4).")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Fixes which pairs, their order and sides (default 0).")] = None,
+    scale: Annotated[int | None, typer.Option("--scale", help="Likert points: 5 (default) or 7.")] = None,
+    delta: Annotated[float | None, typer.Option(
+        "--delta", help="With --summarize: the equivalence bound in Likert points (default 0.5 on a 5-point scale, "
+        "0.75 on a 7-point one).")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="With --summarize: the level of each one-sided test.")] = 0.05,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="With --summarize: also write the summary as JSON here.")] = None,
+) -> None:
+    """Human ratings of adversarial examples (SCOOTER-style): write a rating page, or summarise its answers.
+
+    RUN_DIR... writes one self-contained page (--out) of clean/adversarial and clean/clean pairs in a seeded order.
+
+    Each pair asks "How different do these two images look?": 1 = identical ... 5 = very different.
+
+    The page keeps the answers and exports them as JSON; --summarize ANSWERS.json... reads them back.
+
+    The summary: mean rating per attack, Krippendorff's α, a TOST equivalence test against the controls (bounds stated).
+
+    A tool for collecting ratings, not a substitute for a preregistered study.
+    """
+    from sparring.errors import ConfigError
+
+    if summarize:
+        page_only = [name for name, value in (("--out", out), ("--pairs", pairs), ("--controls", controls),
+                                              ("--seed", seed), ("--scale", scale)) if value is not None]
+        if page_only:
+            raise ConfigError(f"{', '.join(page_only)} only make sense when writing a page, not with --summarize")
+        from sparring.rating import summarize as summarize_answers
+        from sparring.rating import summary_table, write_summary_json
+        from sparring.rating.summary import summary_lines
+
+        summary = summarize_answers(paths, delta=delta, alpha=alpha)
+        out_console.print(summary_table(summary))
+        for line in summary_lines(summary):
+            out_console.print(line, highlight=False, soft_wrap=True)
+        if json_out is not None:
+            write_summary_json(summary, json_out)
+            out_console.print(f"summary: {json_out}")
+        return
+    if delta is not None or json_out is not None or alpha != 0.05:
+        raise ConfigError("--delta, --alpha and --json go with --summarize (answers files), not with run folders")
+    scale = 5 if scale is None else scale
+    if scale not in (5, 7):
+        raise ConfigError(f"--scale must be 5 or 7, got {scale}")
+    from sparring.rating import write_rating_page
+    from sparring.rating.page import describe
+
+    page = write_rating_page(paths, out, pairs=pairs, controls=controls, seed=seed or 0, scale=scale)
+    out_console.print(describe(page), highlight=False, soft_wrap=True)
 
 
 def load_factory(spec: str) -> Any:

@@ -28,6 +28,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from sparring.attacks import ATTACKS, Attack
 from sparring.attacks.cascade import as_cascade, check_attacks_fit
+from sparring.detectors.evaluation import DEFAULT_LAMBDAS, DEFAULT_RADII
 from sparring.errors import ConfigError
 from sparring.models import check_settings, settings_of
 from sparring.objectives import OBJECTIVES, Objective, threat_of
@@ -118,6 +119,29 @@ class ModelSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class DetectorSpec(_Strict):
+    """``eval.detector``: a detector fitted on the clean training split and calibrated on attacked training points
+    held out of that fit; the evaluation then reports detection per suite attack and under an adaptive attack
+    (:mod:`sparring.detectors.evaluation`)."""
+
+    name: str = "sae"
+    layer: str  # module path of the layer the detector reads, e.g. features (small_cnn), model.layers.3
+    settings: dict[str, Any] = Field(default_factory=dict)  # the detector's own settings (n_features, k, ...)
+    calibration: int = Field(default=300, ge=8)  # training points held out of the fit, attacked to calibrate
+    fit_steps: int = Field(default=2000, ge=1)
+    calibration_attack: dict[str, Any] | str = Field(default_factory=lambda: {"name": "pgd", "steps": 20})
+    adaptive: dict[str, Any] | str = Field(
+        default_factory=lambda: {"name": "apgd", "loss": "ce", "steps": 100, "early_stop": False})
+    lambdas: list[float] = Field(default_factory=lambda: list(DEFAULT_LAMBDAS))  # [] = non-adaptive only
+    radii: list[float] = Field(default_factory=lambda: list(DEFAULT_RADII))  # fractions of ε, each λ > 0 too
+    fpr: float = Field(default=0.05, gt=0, lt=1)  # the operating point, set on the clean calibration points
+
+    def build_attacks(self) -> tuple[Attack, Attack]:
+        """The calibration attack and the attack made detector-aware."""
+        return (build_component(ATTACKS, self.calibration_attack, where="eval.detector.calibration_attack"),
+                build_component(ATTACKS, self.adaptive, where="eval.detector.adaptive"))
+
+
 class EvalSpec(_Strict):
     threat: ThreatSpec | None = None
     suite: Literal["fast", "standard", "plus"] = "standard"
@@ -126,6 +150,7 @@ class EvalSpec(_Strict):
     eps_curve: list[float] | None = None
     batch_size: int = Field(default=256, ge=1)
     max_samples: int | None = Field(default=None, ge=1)
+    detector: DetectorSpec | None = None
 
     @field_validator("eps_curve", mode="before")
     @classmethod

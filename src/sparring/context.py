@@ -29,6 +29,9 @@ def frozen_model(model: nn.Module, *, train_mode: bool = False) -> Iterator[nn.M
     params = list(model.parameters())
     requires_grad = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
+    # only buffers that changed inside are copied back, so a graph built inside (a detector's soft score,
+    # backpropagated after the call) keeps valid saved tensors; compared by value, since BatchNorm's kernel updates
+    # its running statistics without bumping their version counters
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         model.train(train_mode)
@@ -43,7 +46,8 @@ def frozen_model(model: nn.Module, *, train_mode: bool = False) -> Iterator[nn.M
             p.grad = grad
         with torch.no_grad():
             for buffer, saved in buffers:
-                buffer.copy_(saved)
+                if not torch.equal(buffer, saved):
+                    buffer.copy_(saved)
 
 
 def device_of(model: nn.Module) -> torch.device:

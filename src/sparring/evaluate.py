@@ -11,6 +11,11 @@ checks run on their probe points. Each broken point is attributed to the first o
 at every larger ε, so each radius only attacks the points still robust. The curve is monotone and passes
 through the headline at ε by construction.
 
+**How visible each break is.** Every point broken at a radius ≤ ε by the suite or the ε-curve gets its perceptual
+metrics against its clean input (:mod:`sparring.perceptual`: ℓ0/ℓ1/ℓ2/ℓ∞ of the perturbation; PSNR, SSIM and
+MS-SSIM for images; LPIPS only from a local backbone), and the report gives their distribution per source
+(``perceptual``).
+
 The points are split into fixed batches, each with its own generators seeded by ``(seed, batch)``, so an
 evaluation can be resumed from its state folder and sharded across processes with identical numbers
 (:mod:`sparring.runtime.eval_state`). Checks (:mod:`sparring.checks`) never change a number: they mark it.
@@ -22,6 +27,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,11 +39,14 @@ import torch
 from torch import Tensor, nn
 
 import sparring.checks as checks_
+import sparring.perceptual as perceptual_
 from sparring.attacks import APGD, Attack, Square
 from sparring.attacks.base import PRECISIONS, row_mask
 from sparring.attacks.cascade import NOT_BROKEN, Cascade, as_cascade, check_attacks_fit
 from sparring.context import device_of, frozen_model
 from sparring.data import Dataset
+from sparring.detectors.base import Detector
+from sparring.detectors.evaluation import DEFAULT_LAMBDAS, DEFAULT_RADII, evaluate_detection
 from sparring.errors import ConfigError, DataError
 from sparring.progress import EvalBars, interactive
 from sparring.report import write_html, write_json
@@ -76,6 +85,8 @@ class Evaluation:
     suite's attacks in order, then ``eps_curve`` and ``check_probes`` (breaks at radii ≤ ε the suite missed);
     ``worst_case`` is the mask after all of them. ``broken_by`` is per point the index of the source that
     broke it (into :attr:`sources`), −1 if none did, −2 if the clean input is already misclassified.
+    ``perturbation`` holds per point each perceptual metric of its adversarial input (NaN where none was kept),
+    ``perceptual`` their distributions per source (report.json's ``perceptual``).
     """
 
     threat: ThreatModel
@@ -94,6 +105,9 @@ class Evaluation:
     time_s: float = 0.0
     suite_time_s: float = 0.0
     curve_time_s: float = 0.0
+    perceptual: dict[str, Any] | None = None
+    perturbation: dict[str, Tensor] = field(default_factory=dict)
+    detection: dict[str, Any] | None = None
 
     @property
     def clean_accuracy(self) -> float:
@@ -114,7 +128,7 @@ class Evaluation:
 
     def found_by(self) -> list[str | None]:
         """Per point, the label of the source that broke it; ``"clean"`` if misclassified unattacked, else None."""
-        names = self.sources
+        names = source_codes([row["name"] for row in self.attacks if row["source"] == "suite"])
         return ["clean" if b == WRONG else None if b < 0 else names[b] for b in self.broken_by.tolist()]
 
     def save(self, folder: Path | str, *, run_name: str | None = None, model_name: str = "model") -> Path:
@@ -164,6 +178,8 @@ class Evaluation:
             "checks": self.checks,
             "trustworthy": self.trustworthy,
             "timing": {"eval_s": self.time_s, "suite_s": self.suite_time_s, "eps_curve_s": self.curve_time_s},
+            "perceptual": self.perceptual,
+            "detection": self.detection,
         }
 
 
@@ -217,6 +233,11 @@ def evaluate(
     fresh: bool = False,
     notify: Callable[[str], None] | None = None,
     progress: bool | Callable[[int, int], None] | None = None,
+    lpips_backbone: Path | str | None = None,
+    detector: Detector | None = None,
+    detector_attack: Attack | None = None,
+    detector_lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+    detector_radii: Sequence[float] = DEFAULT_RADII,
 ) -> Evaluation:
     """Evaluate ``model`` on ``data`` under ``threat``.
 
@@ -234,6 +255,14 @@ def evaluate(
         progress: ``None`` (default) draws a bar per suite attack and one for the ε-curve when a person is
             watching (stderr is a terminal), ``True`` always, ``False`` never; a callable is called with
             ``(batches done, batches)`` after each batch of this process instead.
+        lpips_backbone: a local TorchScript feature extractor (:func:`sparring.perceptual.load_lpips_backbone`) to
+            add LPIPS to the perceptual metrics of image inputs; nothing is downloaded, and without it no LPIPS.
+        detector: a calibrated detector (:mod:`sparring.detectors`): the report gains ``detection``, its AUROC and
+            TPR at 1% / 5% FPR against each suite attack run on its own, and the detection-aware robust accuracy,
+            non-adaptive and under ``detector_attack`` (default APGD-CE, 100 steps) made detector-aware for every λ
+            of ``detector_lambdas`` (``()``: non-adaptive only, and the ``detector_adaptive`` check fails), each
+            λ > 0 also at the fractions ``detector_radii`` of ε. The headline robust accuracy stays the classifier's
+            alone.
 
     Every break counts: a point any attack broke at a radius ≤ ε (the suite, the ε-curve up to ε, the checks'
     probes) is broken in the worst case, attributed to the first source that broke it.
@@ -262,6 +291,13 @@ def evaluate(
     curve_attack = _with_precision(curve_attack, precision)
     radii = _radii(threat, eps_curve)
     notify = notify or (lambda message: None)
+    point_shape = tuple(x.shape[1:])
+    data_range = threat.bounds[1] - threat.bounds[0] if threat.bounds is not None else None
+    backbone_name = (perceptual_.describe_backbone(lpips_backbone)
+                     if lpips_backbone is not None and perceptual_.is_image(point_shape) else None)
+    backbone = perceptual_.load_lpips_backbone(lpips_backbone, device=device) if backbone_name else None
+    metrics = perceptual_.metric_names(point_shape, data_range=data_range, lpips=backbone is not None)
+    measure = functools.partial(perceptual_.perturbation_metrics, data_range=data_range, lpips_backbone=backbone)
 
     n_batches = (len(x) + batch_size - 1) // batch_size
     state = None
@@ -270,6 +306,7 @@ def evaluate(
             "threat": threat.describe(), "eps": _eps_list(threat), "suite": cascade.describe(),
             "radii": radii, "curve_attack": curve_attack.describe(), "batch_size": batch_size, "seed": seed,
             "n": len(x), "precision": precision, "n_examples": n_examples,
+            **({"lpips_backbone": backbone_name} if backbone_name else {}),
         }
         state = EvalState(Path(state_dir), fingerprint(model, x, y, settings), settings, fresh=fresh)
 
@@ -283,12 +320,13 @@ def evaluate(
             rows = torch.arange(b * batch_size, min((b + 1) * batch_size, len(x)))
             fits = functools.partial(_record_fits, batch=b, first=int(rows[0]), size=len(rows),
                                      n_attacks=len(cascade.attacks), n_radii=len(radii), n_examples=n_examples,
-                                     point_shape=tuple(x.shape[1:]))
+                                     point_shape=point_shape, metrics=metrics)
             record = state.load(b, valid=fits) if state is not None else None
             if record is None:
                 record = _evaluate_batch(
                     model, x[rows].to(device), y[rows].to(device), threat.subset(rows), cascade, radii, curve_attack,
                     seed=seed, batch=b, first=int(rows[0]), n_examples=n_examples, precision=precision, bars=bars,
+                    measure=measure, metrics=metrics,
                 )
                 if state is not None:
                     state.save(b, record)
@@ -312,7 +350,19 @@ def evaluate(
         {row["name"]: row["broken"] for row in outcome["attacks"] if row["source"] != "suite"},
         candidates=int(outcome["suite_robust"].sum()), evaluated=len(x), suite=cascade.name,
     ))
+    detection = None
+    if detector is not None:
+        notify("detection")
+        detection = broadcast(evaluate_detection(
+            model, x, y, threat, detector, attacks=list(zip(cascade.labels, cascade.attacks, strict=True)),
+            adaptive=detector_attack, lambdas=detector_lambdas, radii=detector_radii, batch_size=batch_size,
+            seed=seed, device=device,
+        ) if world()[0] == 0 else None)
+        check_list.append(checks_.detector_tested_adaptively(detection))
     checks_.log_failures(check_list)
+    perturbation, perceptual = _perceptual(records, outcome, metrics, perceptual_.settings(
+        point_shape, data_range=data_range, lpips=backbone_name), perceptual_.notes(
+        point_shape, data_range=data_range, lpips=backbone_name))
     return Evaluation(
         threat=threat, suite=cascade.name, labels=y.cpu(), clean_correct=outcome["clean_correct"],
         broken_by=outcome["broken_by"], robust=outcome["robust"], worst_case=outcome["worst_case"],
@@ -320,17 +370,27 @@ def evaluate(
         examples=_examples(model, x, y, records, n_examples, device), data_name=_name(data),
         time_s=time.perf_counter() - started,
         suite_time_s=sum(row["time_s"] for row in outcome["attacks"] if row["source"] == "suite"),
-        curve_time_s=sum(r["curve_time_s"] for r in records),
+        curve_time_s=sum(r["curve_time_s"] for r in records), perceptual=perceptual, perturbation=perturbation,
+        detection=detection,
     )
+
+
+def source_codes(suite_labels: Sequence[str]) -> dict[int, str]:
+    """``broken_by`` code → source label: the suite's attacks in order, then the ε-curve, then the checks' probes
+    (their codes are fixed even when the evaluation had no ε-curve)."""
+    n = len(suite_labels)
+    return {**dict(enumerate(suite_labels)), n: CURVE_SOURCE, n + 1: PROBE_SOURCE}
 
 
 # ----------------------------------------------------------------------------- one batch
 def _evaluate_batch(
     model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, cascade: Cascade, radii: list[float],
     curve_attack: Attack, *, seed: int, batch: int, first: int, n_examples: int, precision: str,
-    bars: EvalBars | None = None,
+    bars: EvalBars | None = None, measure: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None,
+    metrics: Sequence[str] = (),
 ) -> Record:
-    """Clean prediction, the cascade, the ε-curve cascade: the JSON record of one batch."""
+    """Clean prediction, the cascade, the ε-curve cascade: the JSON record of one batch, with the perceptual
+    ``metrics`` (``measure(clean, adv)``) of every point broken at a radius ≤ ε (``None`` for the others)."""
     with frozen_model(model), torch.no_grad():
         clean_correct = model(x).argmax(1) == y
     verify = _verifier(model) if precision != "fp32" else None
@@ -352,6 +412,9 @@ def _evaluate_batch(
         bars.finish_batch(bars.curve, attacked=0, broken=0)
     curve_time = time.perf_counter() - started
     keep = max(0, min(n_examples - first, len(x)))
+    adv = torch.where(row_mask(robust, x), curve_adv, result.x_adv)
+    at_eps = radii.index(float(threat.eps)) if radii else -1  # (radii hold ε itself: see _radii)
+    broken = (broken_by >= 0) | (robust & (curve_broken_at <= at_eps))
     return {
         "batch": batch,
         "first": first,
@@ -361,8 +424,25 @@ def _evaluate_batch(
         "curve_time_s": curve_time,
         "queries": result.queries,
         "attacked": result.attacked,
-        "adv": torch.where(row_mask(robust, x), curve_adv, result.x_adv)[:keep].float().cpu().tolist(),
+        "adv": adv[:keep].float().cpu().tolist(),
+        "perceptual": _perceptual_batch(x, adv, broken, measure, metrics),
     }
+
+
+def _perceptual_batch(
+    x: Tensor, adv: Tensor, broken: Tensor, measure: Callable[[Tensor, Tensor], dict[str, Tensor]] | None,
+    metrics: Sequence[str],
+) -> dict[str, list[float | None]]:
+    """Metric → per point of the batch its value against the clean input where ``broken``, else None."""
+    values: dict[str, list[float | None]] = {m: [None] * len(x) for m in metrics}
+    rows = broken.nonzero().squeeze(1)
+    if measure is None or not metrics or rows.numel() == 0:
+        return values
+    found = measure(x[rows], adv[rows])
+    for m in metrics:
+        for i, v in zip(rows.tolist(), found[m].double().cpu().tolist(), strict=True):
+            values[m][i] = v if math.isfinite(v) else None
+    return values
 
 
 def _curve_batch(
@@ -410,7 +490,7 @@ def _verifier(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
 
 def _record_fits(
     record: Record, *, batch: int, first: int, size: int, n_attacks: int, n_radii: int, n_examples: int,
-    point_shape: tuple[int, ...],
+    point_shape: tuple[int, ...], metrics: Sequence[str] = (),
 ) -> bool:
     """Whether a record read back from the state is whole and belongs to this batch of this evaluation."""
     try:
@@ -418,6 +498,8 @@ def _record_fits(
         numbers = [*record["time_s"], *record["queries"], record["curve_time_s"]]
         keep = max(0, min(n_examples - first, size))
         adv = torch.tensor(record["adv"], dtype=torch.float32) if record["adv"] else torch.empty(0, *point_shape)
+        perceptual = record["perceptual"]  # written by evaluations since the perceptual metrics: older ones rerun
+        columns = [perceptual[m] for m in metrics]
     except (KeyError, TypeError, ValueError, RuntimeError):
         return False
     return (
@@ -428,6 +510,9 @@ def _record_fits(
         and all(WRONG <= v < n_attacks or v == NOT_BROKEN for v in record["broken_by"])
         and all(0 <= v <= n_radii for v in record["curve_broken_at"])
         and tuple(adv.shape) == (keep, *point_shape)
+        and isinstance(perceptual, dict) and set(perceptual) == set(metrics)
+        and all(isinstance(c, list) and len(c) == size for c in columns)
+        and all(v is None or (isinstance(v, int | float) and math.isfinite(v)) for c in columns for v in c)
     )
 
 
@@ -499,6 +584,27 @@ def _examples(
         clean_pred = model(clean.to(device)).argmax(1).cpu()
         adv_pred = model(adv_x.to(device)).argmax(1).cpu()
     return {"clean": clean.cpu(), "adv": adv_x, "labels": y[:n].cpu(), "clean_pred": clean_pred, "adv_pred": adv_pred}
+
+
+def _perceptual(
+    records: list[Record], outcome: dict[str, Any], metrics: Sequence[str], settings: dict[str, Any],
+    notes: list[str],
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Per point each perceptual metric (NaN where no adversarial input was kept), and report.json's ``perceptual``:
+    for each source of breaks that keeps its adversarial inputs (the suite's attacks and ``eps_curve``; not the
+    checks' probes), each metric's distribution over the points it broke (:func:`sparring.perceptual.distribution`)."""
+    values = {m: torch.tensor([math.nan if v is None else v for r in records for v in r["perceptual"][m]],
+                              dtype=torch.float64) for m in metrics}
+    broken_by = outcome["broken_by"]
+    suite = [row["name"] for row in outcome["attacks"] if row["source"] == "suite"]
+    by_attack = {label: {m: perceptual_.distribution(v[broken_by == code]) for m, v in values.items()}
+                 for code, label in source_codes(suite).items() if label in outcome["robust"] and label != PROBE_SOURCE}
+    notes = list(notes)
+    probes = int((broken_by == len(suite) + 1).sum())  # the probes' code (source_codes)
+    if probes:
+        notes.append(f"{probes} point(s) broken only by the checks' own attacks have no kept adversarial input: "
+                     "no perceptual metrics for them.")
+    return values, {"metrics": list(metrics), "by_attack": by_attack, "settings": settings, "notes": notes}
 
 
 # ----------------------------------------------------------------------------- checks
@@ -646,8 +752,18 @@ def build_report(
 
 def write_run_report(out: Path, report: dict[str, Any], evaluation: Evaluation) -> None:
     write_json(report, out / "report.json")
-    np.savez_compressed(out / "examples.npz", **{k: v.numpy() for k, v in evaluation.examples.items()})
+    write_examples(out, evaluation)
     write_html(out)
+
+
+def write_examples(out: Path, evaluation: Evaluation) -> None:
+    """``examples.npz``: the first clean / adversarial pairs with labels and predictions, and ``attack``, the name
+    of the source that broke each one ("" where none did; ``sparring rate`` groups ratings by it)."""
+    arrays = {k: v.numpy() for k, v in evaluation.examples.items()}
+    n = len(arrays.get("clean", ()))
+    names = evaluation.found_by()[:n]
+    arrays["attack"] = np.array([name if name not in (None, "clean") else "" for name in names], dtype=str)
+    np.savez_compressed(out / "examples.npz", **arrays)
 
 
 def parameters(model: nn.Module) -> int:

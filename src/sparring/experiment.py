@@ -213,6 +213,7 @@ def evaluate_model(
     overwrite: bool = False,
     notify: Notify | None = None,
     progress: bool | Callable[[int, int], None] | None = None,
+    **detection: Any,
 ) -> dict[str, Any] | None:
     """``sparring eval``: evaluate a given model and write a run folder (no training section).
 
@@ -229,7 +230,7 @@ def evaluate_model(
         evaluation = evaluate(
             model, test_data, threat, suite=suite, eps_curve=eps_curve, max_samples=max_samples,
             batch_size=batch_size, seed=seed, precision=precision, state_dir=out / "eval_state", notify=notify,
-            progress=progress,
+            progress=progress, **detection,
         )
         if not is_main_process():
             return None

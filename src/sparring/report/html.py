@@ -359,6 +359,77 @@ def _training(report: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"items": items, "events": events}
 
 
+#: How the report names the perceptual metrics of report.json's ``perceptual`` block.
+PERCEPTUAL_LABELS = {"l0": "L0", "l1": "L1", "l2": "L2", "linf": "L∞", "psnr": "PSNR (dB)", "ssim": "SSIM",
+                     "ms_ssim": "MS-SSIM", "lpips": "LPIPS"}
+
+
+def _perceptual_number(metric: str, value: Any) -> str:
+    if not is_number(value):
+        return "—"
+    if metric == "l0":
+        return f"{value:.0f}"
+    if metric == "psnr":
+        return f"{value:.1f}"
+    return f"{value:.3f}" if metric in ("ssim", "ms_ssim", "lpips") else f"{value:.3g}"
+
+
+def _perceptual(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Perceptibility table: per source of breaks, median [p10–p90] of each metric (None: no such block)."""
+    block = report.get("perceptual")
+    if not isinstance(block, dict):
+        return None
+    by_attack = block.get("by_attack") if isinstance(block.get("by_attack"), dict) else {}
+    metrics = [m for m in block.get("metrics") or [] if isinstance(m, str)]
+    rows = []
+    for attack, stats in by_attack.items():
+        if not isinstance(stats, dict):
+            continue
+        found = [stats[m] if isinstance(stats.get(m), dict) else {} for m in metrics]
+        n = max((int(f["count"]) for f in found if is_number(f.get("count"))), default=0)
+        cells = [f"{_perceptual_number(m, f.get('median'))} [{_perceptual_number(m, f.get('p10'))}–"
+                 f"{_perceptual_number(m, f.get('p90'))}]" if f.get("count") else "—"
+                 for m, f in zip(metrics, found, strict=True)]
+        rows.append({"attack": str(attack), "n": f"{n:,}", "cells": cells, "broke": n > 0})
+    return {"metrics": [PERCEPTUAL_LABELS.get(m, m) for m in metrics], "rows": rows,
+            "any": any(row["broke"] for row in rows), "notes": [str(n) for n in block.get("notes") or []]}
+
+
+def _detection(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Detection section: per attack (non-adaptive, then the adaptive sweep) AUROC, TPR at 1% / 5% FPR and the
+    detection-aware robust accuracy; the summary figures (None: no detector was evaluated)."""
+    block = report.get("detection")
+    if not isinstance(block, dict):
+        return None
+
+    def number(value: Any, digits: int = 3) -> str:
+        return f"{value:.{digits}f}" if is_number(value) else "—"
+
+    rows = []
+    for kind, entries in (("non-adaptive", block.get("attacks")), ("adaptive", block.get("adaptive"))):
+        for row in entries if isinstance(entries, list) else []:
+            if not isinstance(row, dict):
+                continue
+            lam = row.get("lambda")
+            rows.append({
+                "kind": kind, "attack": str(row.get("name")), "lambda": f"{lam:g}" if is_number(lam) else "",
+                "fooled": row.get("fooled"), "evaded": row.get("evaded"), "auroc": number(row.get("auroc")),
+                "tpr1": number(row.get("tpr_at_1fpr")), "tpr5": number(row.get("tpr_at_5fpr")),
+                "ra": format_accuracy(row.get("robust_accuracy_without_detector")),
+                "det_ra": format_accuracy(row.get("detection_aware_robust_accuracy")),
+            })
+    detector = block.get("detector") if isinstance(block.get("detector"), dict) else {}
+    return {
+        "rows": rows, "adaptive_tested": bool(block.get("adaptive_tested")),
+        "detector": ", ".join(f"{k} {v}" for k, v in detector.items() if k not in ("selected",) and v is not None),
+        "clean_flagged": format_accuracy(block.get("clean_flagged")),
+        "clean_unflagged": format_accuracy(block.get("clean_accuracy_unflagged")),
+        "non_adaptive": format_accuracy(block.get("detection_aware_robust_accuracy_non_adaptive")),
+        "adaptive": format_accuracy(block.get("detection_aware_robust_accuracy")),
+        "without": format_accuracy(block.get("robust_accuracy_without_detector")),
+    }
+
+
 def render_report(
     report: Mapping[str, Any],
     *,
@@ -388,6 +459,8 @@ def render_report(
         "per_class": _per_class(report),
         "long_tail": _long_tail(report),
         "training": _training(report),
+        "perceptual": _perceptual(report),
+        "detection": _detection(report),
         "objective_config": json.dumps(report.get("objective_config"), indent=2, ensure_ascii=False)
         if report.get("objective_config") is not None
         else None,
@@ -398,6 +471,7 @@ def render_report(
             "per_class": figure_png(plots.per_class_figure(report)),
             "training": figure_png(plots.training_figure(metrics, training.get("events") or [])),
             "examples": examples_img,
+            "perceptual": figure_png(plots.perceptual_figure(report)),
         },
         "examples_title": drawer.title if drawer else "",
         "examples_caption": drawer.caption if drawer else "",

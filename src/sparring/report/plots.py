@@ -260,6 +260,48 @@ def examples_figure(examples: Mapping[str, np.ndarray], class_names: Sequence[st
     return fig
 
 
+#: The perceptual metrics the report's box plot draws (those present), with their axis labels.
+PERCEPTUAL_PANELS = {"l2": "L2 of the perturbation", "psnr": "PSNR (dB)", "ssim": "SSIM"}
+
+
+def perceptual_figure(report: Mapping[str, Any]) -> Figure | None:
+    """Box plots of L2, PSNR and SSIM per source of breaks, from report.json's ``perceptual.by_attack`` stats: the box
+    spans p25–p75 with the median, the whiskers p10–p90, the dots are the min and max. ``None`` when no source broke
+    a point (or the report has no perceptual block)."""
+    block = report.get("perceptual")
+    by_attack = block.get("by_attack") if isinstance(block, Mapping) else None
+    if not isinstance(by_attack, Mapping):
+        return None
+    panels = []
+    for metric, label in PERCEPTUAL_PANELS.items():
+        boxes = []
+        for attack, stats in by_attack.items():
+            s = stats.get(metric) if isinstance(stats, Mapping) else None
+            if not isinstance(s, Mapping) or not s.get("count") or not all(
+                    is_number(s.get(k)) for k in ("median", "p10", "p90", "min", "max")):
+                continue
+            quartiles = is_number(s.get("p25")) and is_number(s.get("p75"))
+            q1, q3 = (s["p25"], s["p75"]) if quartiles else (s["p10"], s["p90"])
+            boxes.append({"label": f"{attack}\n(n={s['count']})", "med": s["median"], "q1": q1, "q3": q3,
+                          "whislo": s["p10"], "whishi": s["p90"], "fliers": [s["min"], s["max"]]})
+        if boxes:
+            panels.append((label, boxes))
+    if not panels:
+        return None
+    width = max(2.6, 0.9 * max(len(boxes) for _, boxes in panels) + 1.2)
+    fig = Figure(figsize=(width * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, boxes) in zip(axes, panels, strict=True):
+        ax.bxp(boxes, showfliers=True, widths=0.5, patch_artist=True,
+               boxprops={"facecolor": ROBUST_COLOR, "alpha": 0.45}, medianprops={"color": "black"},
+               flierprops={"marker": "o", "markersize": 3, "markerfacecolor": "black"})
+        ax.set_ylabel(label)
+        ax.tick_params(axis="x", labelsize=8)
+        style_axes(ax)
+    fig.tight_layout()
+    return fig
+
+
 def class_namer(class_names: Sequence[str]) -> Any:
     def name(k: Any) -> str:
         k = int(k)

@@ -14,6 +14,7 @@ from sparring.report.schema import (
     failed_checks,
     format_accuracy,
     format_threat,
+    is_number,
     is_trustworthy,
     source_notes,
     worst_case,
@@ -50,6 +51,19 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     if isinstance(long_tail, dict) and isinstance(long_tail.get("tail"), dict):
         tail_robust = format_accuracy(long_tail["tail"].get("robust"))
         table.add_row("tail robust", tail_robust, "[dim]rarest third of classes[/]")
+    detection = report.get("detection")
+    if isinstance(detection, dict):
+        table.add_section()
+        aurocs = [row.get("auroc") for row in detection.get("attacks") or [] if is_number(row.get("auroc"))]
+        auroc = f"; AUROC {min(aurocs):.3f}–{max(aurocs):.3f}" if aurocs else ""
+        table.add_row("with detector: non-adaptive",
+                      format_accuracy(detection.get("detection_aware_robust_accuracy_non_adaptive")),
+                      f"[dim]correct, or attack flagged{auroc}[/]")
+        if detection.get("adaptive_tested"):
+            table.add_row("[bold]with detector: adaptive[/]",
+                          f"[bold]{format_accuracy(detection.get('detection_aware_robust_accuracy'))}[/]",
+                          "[dim]worst case over every attack, λ and radius[/]")
+        table.add_row("clean inputs flagged", format_accuracy(detection.get("clean_flagged")), "")
     checks = [c for c in report.get("checks", []) if isinstance(c, dict)]
     if checks:
         table.add_section()
