@@ -8,6 +8,8 @@ Every case attacks one model and one batch with L∞ PGD-10 (step α = ε/4, ran
 * ``torchattacks``: ``torchattacks.PGD(model, eps, alpha=eps/4, steps=10, random_start=True)``; robust
   accuracy needs one extra forward on its output. Both "attack only" and "attack + accuracy forward" are
   timed in the same call; the headline ratio compares equal outputs (the latter).
+* ``sparring_early_stop``: the same with ``early_stop=True`` (evaluation mode: a broken sample leaves the
+  working batch); its robust accuracy must equal ``sparring``'s.
 * ``minimal``: the textbook loop (random start, 10 sign steps, projection and clamp) + accuracy forward.
 
 The three alternate round-robin in one process (the order rotates every round), after a warm-up round;
@@ -171,8 +173,9 @@ def cifar_case(model_name: str, batch: int = 128) -> dict:
 
 
 # ------------------------------------------------------------------------------------ implementations
-def run_sparring(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> tuple[dict, float]:
-    attack, threat = PGD(steps=STEPS, rel_step=REL_STEP), LinfBall(eps=eps)
+def run_sparring(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int, *, early_stop: bool = False
+                 ) -> tuple[dict, float]:
+    attack, threat = PGD(steps=STEPS, rel_step=REL_STEP, early_stop=early_stop), LinfBall(eps=eps)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     result = attack(model, x, y, threat, generator=gen)
@@ -203,8 +206,13 @@ def run_minimal(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -
     return {"total": t1 - t0}, robust
 
 
+def run_sparring_early_stop(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> tuple[dict, float]:
+    return run_sparring(model, x, y, eps, seed, early_stop=True)
+
+
 IMPLEMENTATIONS: dict[str, Callable[..., tuple[dict, float]]] = {
-    "sparring": run_sparring, "torchattacks": run_torchattacks, "minimal": run_minimal,
+    "sparring": run_sparring, "sparring_early_stop": run_sparring_early_stop, "torchattacks": run_torchattacks,
+    "minimal": run_minimal,
 }
 
 
@@ -252,7 +260,10 @@ def ratios(rows: list[dict]) -> dict[str, float]:
         return statistics.median(a / b for a, b in zip(sp, base, strict=True))
 
     median = statistics.median(sp)
+    early = by["sparring_early_stop"]["times_s"]
     return {
+        "time_ratio_early_stop_vs_torchattacks": statistics.median(
+            a / b for a, b in zip(early, ta["times_s"], strict=True)),
         "time_ratio_vs_torchattacks": paired(ta["times_s"]),
         "time_ratio_vs_torchattacks_attack_only": paired(ta["attack_only_times_s"]),
         "time_ratio_vs_minimal_loop": paired(mn["times_s"]),
@@ -263,12 +274,12 @@ def ratios(rows: list[dict]) -> dict[str, float]:
 
 
 def print_table(rows: list[dict], case_ratios: dict[str, dict[str, float]]) -> None:
-    header = f"{'case':<24}{'implementation':<16}{'median s':>10}{'attack-only s':>15}{'robust acc':>12}"
+    header = f"{'case':<24}{'implementation':<21}{'median s':>10}{'attack-only s':>15}{'robust acc':>12}"
     print(header)
     print("-" * len(header))
     for r in rows:
         only = f"{r['attack_only_median_s']:.4f}" if "attack_only_median_s" in r else "-"
-        print(f"{r['case']:<24}{r['implementation']:<16}{r['median_s']:>10.4f}{only:>15}{r['robust_acc']:>12.4f}")
+        print(f"{r['case']:<24}{r['implementation']:<21}{r['median_s']:>10.4f}{only:>15}{r['robust_acc']:>12.4f}")
     print()
     print("time ratios, median of per-round ratios (ratio of medians in brackets):")
     for case, rat in case_ratios.items():
@@ -277,7 +288,9 @@ def print_table(rows: list[dict], case_ratios: dict[str, dict[str, float]]) -> N
             f"({rat['ratio_of_medians_vs_torchattacks']:.3f}); "
             f"vs torchattacks attack only {rat['time_ratio_vs_torchattacks_attack_only']:.3f} "
             f"({rat['ratio_of_medians_vs_torchattacks_attack_only']:.3f}); "
-            f"sparring/minimal {rat['time_ratio_vs_minimal_loop']:.3f} ({rat['ratio_of_medians_vs_minimal_loop']:.3f})"
+            f"sparring/minimal {rat['time_ratio_vs_minimal_loop']:.3f} "
+            f"({rat['ratio_of_medians_vs_minimal_loop']:.3f}); "
+            f"early_stop/torchattacks {rat['time_ratio_early_stop_vs_torchattacks']:.3f}"
         )
 
 
@@ -323,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         **case_ratios["digits_small_cnn"],
         "robust_accuracy": {name: head[name]["robust_acc"] for name in IMPLEMENTATIONS},
         "robust_accuracy_gap": head["sparring"]["robust_acc"] - head["torchattacks"]["robust_acc"],
+        "early_stop_same_robust_accuracy": all(
+            r["robust_acc"] == next(q["robust_acc"] for q in rows if q["case"] == r["case"]
+                                    and q["implementation"] == "sparring")
+            for r in rows if r["implementation"] == "sparring_early_stop"),
         "headline_case": "digits_small_cnn",
         "per_case": case_ratios,
     }

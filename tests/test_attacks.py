@@ -32,6 +32,23 @@ def test_pgd_is_stronger_than_fgsm(trained) -> None:
     assert pgd <= fgsm < clean
 
 
+@pytest.mark.parametrize("threat", [LinfBall(eps=0.05), L2Ball(eps=0.6)], ids=["linf", "l2"])
+def test_pgd_early_stop_breaks_the_same_points(trained, threat) -> None:
+    """Early exit changes which breaking iterate is returned, never which points are broken."""
+    model, x, y = trained
+    runs = {}
+    for early in (False, True):
+        attack = PGD(steps=10, restarts=2, early_stop=early)
+        runs[early] = attack(model, x, y, threat, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(runs[True].success, runs[False].success)
+    assert 0 < int(runs[True].success.sum()) < len(x)  # some broken, some not: both branches ran
+    assert bool((model(runs[True].x_adv).argmax(1) != y)[runs[True].success].all())  # the returned inputs break
+    assert torch.equal(runs[True].x_adv[~runs[True].success], runs[False].x_adv[~runs[False].success])
+    assert torch.all(threat.project(runs[True].x_adv, x) == runs[True].x_adv)
+    with pytest.raises(ConfigError, match="keep_best"):
+        PGD(early_stop=True, keep_best=False, score=False)
+
+
 def test_fgsm_is_optimal_for_a_linear_binary_model() -> None:
     """For f(x) = w·x the L∞ worst case moves every coordinate by ε against the margin."""
     torch.manual_seed(0)

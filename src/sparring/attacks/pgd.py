@@ -13,6 +13,9 @@ Here α defaults to ``2.5 ε / steps`` (Madry's rule; 0.25 ε for 10 steps), per
 * **Restarts** run only on samples no restart has broken yet. Random starts are drawn for the whole
   batch before selecting rows, so a sample's result does not depend on its batch mates.
 * **Targeted** mode: pass ``target=``; the loss becomes ``−L(f(x'), t)`` and success means ``f(x') = t``.
+* **Early stop** (``early_stop=True``, for evaluation): a sample leaves the working batch at the first scored
+  iterate that breaks it (one host synchronization per step). Which samples are broken is the same as without it;
+  a broken sample's returned input is its first breaking iterate rather than its highest-loss one.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class PGD(Attack):
         step_size: absolute step size, instead of ``rel_step`` (same for every sample).
         random_start: start uniformly inside the ball (else at ``x``).
         keep_best: return the best iterate instead of the last one.
+        early_stop: stop attacking a sample once an iterate breaks it (needs ``keep_best``; the same robust mask).
 
     ``score=False`` (for training: Madry's inner loop returns the last iterate) needs ``keep_best=False``
     and ``restarts=1``, since both rank iterates by their score.
@@ -51,6 +55,7 @@ class PGD(Attack):
     step_size: float | None = None
     random_start: bool = True
     keep_best: bool = True
+    early_stop: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,6 +65,8 @@ class PGD(Attack):
             raise ConfigError(f"restarts must be >= 1, got {self.restarts}")
         if not self.score and (self.keep_best or self.restarts > 1):
             raise ConfigError("score=False needs keep_best=False and restarts=1 (both rank scored iterates)")
+        if self.early_stop and not self.keep_best:
+            raise ConfigError("early_stop=True needs keep_best=True (it stops at the first scored breaking iterate)")
         if self.rel_step is not None and self.step_size is not None:
             raise ConfigError("give either rel_step or step_size, not both")
         for label, value in (("rel_step", self.rel_step), ("step_size", self.step_size)):
@@ -112,6 +119,8 @@ class PGD(Attack):
         self, model: nn.Module, problem: Problem, alpha: Tensor, x_adv: Tensor
     ) -> tuple[Tensor, _Best | None]:
         """``steps`` ascent steps from ``x_adv``: the last iterate and the best scored one (if kept)."""
+        if self.early_stop:
+            return self._steps_early_stop(model, problem, alpha, x_adv)
         x, threat = problem.x, problem.threat
         best: _Best | None = None
         for _ in range(self.steps):
@@ -122,6 +131,33 @@ class PGD(Attack):
                     best = _Best.better_of(best, x_adv, ranked, g.logits, problem.success(g.logits))
                 x_adv = threat.project(x_adv + threat.step(self._ascent(g.grad, x_adv), alpha), x)
         return x_adv, best
+
+    def _steps_early_stop(
+        self, model: nn.Module, problem: Problem, alpha: Tensor, x_adv: Tensor
+    ) -> tuple[Tensor, _Best]:
+        """:meth:`_steps` where a sample leaves the working rows at its first scored breaking iterate."""
+        last = x_adv.detach().clone()  # every row's last iterate (a dropped row keeps its breaking one)
+        best: _Best | None = None
+        index = torch.arange(x_adv.shape[0], device=x_adv.device)  # rows of ``problem`` still attacked
+        for _ in range(self.steps):
+            g = problem.query(self.gradients, model, x_adv)
+            with torch.no_grad():
+                ranked, success = self._ranked(g.loss, x_adv), problem.success(g.logits)
+                if best is None:  # the first step scores every row
+                    best = _Best.better_of(None, x_adv, ranked, g.logits, success)
+                    best = _Best.better_of(best, x_adv, ranked, g.logits, success)  # own copies, updated in place
+                else:
+                    best.merge(_Best(x=x_adv, loss=ranked, logits=g.logits, success=success), index)
+                x_adv = problem.threat.project(x_adv + problem.threat.step(self._ascent(g.grad, x_adv), alpha),
+                                               problem.x)
+                last[index] = x_adv
+                keep = (~best.success[index]).nonzero().squeeze(1)  # the one host synchronization per step
+                if keep.numel() == 0:
+                    break
+                if keep.numel() < index.numel():
+                    index, problem, alpha, x_adv = index[keep], problem.rows(keep), alpha[keep], x_adv[keep]
+        assert best is not None
+        return last, best
 
     # Hooks for attacks that add a term of the input alone to the loss (the kNN attack's smoothness penalty).
     def _ascent(self, grad: Tensor, x_adv: Tensor) -> Tensor:
