@@ -25,6 +25,9 @@ Four evaluations per model, all on the same points:
 * ``torchattacks_autoattack``: ``torchattacks.AutoAttack(model, norm="Linf", eps, version="standard",
   n_classes=10, seed=0)`` as shipped: the same four attacks, but APGD, APGD-T and FAB at torchattacks'
   default of 10 steps (not AutoAttack's 100).
+* ``original_autoattack`` (only when the ``autoattack`` package of fra31/auto-attack is importable; never a
+  dependency): the original code, ``version="standard"``, alternating with the two above in every round, with
+  the paired ratio ``time_ratio_sparring_eval_total_vs_original_autoattack``.
 * ``art_autoattack``: ART's ``AutoAttack`` with its default attack list (APGD-CE and APGD-DLR, 5 restarts ×
   100 steps each, DeepFool, Square 5 restarts × 5000 queries), ``eps_step = 2 ε`` (APGD's original initial
   step), batch size 500, on a ``PyTorchClassifier``. ``--skip-art`` leaves it out.
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import statistics
 import time
@@ -175,6 +179,26 @@ def run_torchattacks_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: flo
     }
 
 
+def original_autoattack_available() -> bool:
+    """Whether the original AutoAttack (fra31/auto-attack, ``pip install git+https://github.com/fra31/auto-attack``)
+    is importable: never a dependency of sparring, used only when a user has it."""
+    return importlib.util.find_spec("autoattack") is not None
+
+
+def run_original_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> dict[str, Any]:
+    """The original AutoAttack, ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square at their budgets), on
+    the CPU with the same threads, one batch."""
+    from autoattack import AutoAttack
+
+    adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, verbose=False,
+                           device=str(x.device))
+    t0 = time.perf_counter()
+    x_adv = adversary.run_standard_evaluation(x, y, bs=len(x))
+    with torch.no_grad():
+        robust = (predict(model, x_adv) == y).sum().item() / len(y)
+    return {"robust_accuracy": robust, "time_s": time.perf_counter() - t0}
+
+
 def run_art_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> dict[str, Any]:
     from art.attacks.evasion import AutoAttack
     from art.estimators.classification import PyTorchClassifier
@@ -238,13 +262,20 @@ def run_sparring(
 def measure_model(name: str, model: nn.Module, x: Tensor, y: Tensor, args: argparse.Namespace) -> dict[str, Any]:
     eps, seed = args.eps, args.seed
     rounds: list[dict[str, Any]] = []
+    original = original_autoattack_available()
     for r in range(args.repeats):
         order = ["sparring", "reference"] if r % 2 == 0 else ["reference", "sparring"]
+        if original:  # the original AutoAttack alternates in the same rounds: its ratio is paired too
+            order = order + ["original"] if r % 2 == 0 else ["original", *order]
         record: dict[str, Any] = {"round": r, "order": order}
         for side in order:
             log(f"[{name}] round {r + 1}/{args.repeats}: {side}")
             if side == "sparring":
                 record["sparring"] = run_sparring(model, x, y, eps, seed)
+            elif side == "original":
+                record["original"] = run_original_autoattack(model, x, y, eps, seed)
+                log(f"[{name}]   original AutoAttack: {record['original']['robust_accuracy']:.4f} robust, "
+                    f"{record['original']['time_s']:.1f} s")
             else:
                 record["reference"] = run_reference(model, x, y, eps, seed)
                 log(f"[{name}]   reference: {record['reference']['robust_accuracy']:.4f} robust, "
@@ -312,6 +343,15 @@ def model_summary(name: str, clean: float, m: dict[str, Any]) -> dict[str, Any]:
         "time_ratio_sparring_eval_total_vs_reference": statistics.median(
             r["sparring"]["eval_total_s"] / r["reference"]["time_s"] for r in rounds),
     })
+    if all("original" in r for r in rounds):
+        original_acc = rounds[0]["original"]["robust_accuracy"]
+        out.update({
+            "original_autoattack_robust_accuracy": original_acc,
+            "original_autoattack_time_s": statistics.median(r["original"]["time_s"] for r in rounds),
+            "sparring_minus_original_autoattack": round(sp_acc - original_acc, 6),
+            "time_ratio_sparring_eval_total_vs_original_autoattack": statistics.median(
+                r["sparring"]["eval_total_s"] / r["original"]["time_s"] for r in rounds),
+        })
     if name == "masked":
         out["masked_flagged_by"] = sps[0]["failed_checks"]
         out["masked_abs_diff_vs_reference"] = round(abs(sp_acc - ref_acc), 6)
@@ -378,6 +418,11 @@ def print_table(summary: dict[str, dict[str, Any]], acc: dict[str, Any]) -> None
                       "Square with one window/sign per batch, never the last position (AutoAttack's port)")
         else:
             print(f"{'':<10}{'sparring standard suite':<26}{'-':>12}{'-':>10}  sparring suite not available yet")
+        if "original_autoattack_robust_accuracy" in s:
+            print(f"{'':<10}{'original AutoAttack':<26}{fmt(s['original_autoattack_robust_accuracy']):>12}"
+                  f"{fmt(s['original_autoattack_time_s'], '.1f'):>10}  fra31/auto-attack, standard; sparring eval "
+                  f"total / it: {s['time_ratio_sparring_eval_total_vs_original_autoattack']:.3f}, sparring minus it "
+                  f"{s['sparring_minus_original_autoattack']:+.4f}")
         print(f"{'':<10}{'torchattacks AutoAttack':<26}{fmt(s['torchattacks_autoattack_robust_accuracy']):>12}"
               f"{fmt(s['torchattacks_autoattack_time_s'], '.1f'):>10}  as shipped (10 APGD/FAB steps)")
         art_note = "skipped (--skip-art)" if s["art_robust_accuracy"] is None else "default attack list"
@@ -442,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"model": name, "implementation": "reference", "round": r["round"], "order": r["order"], **ref})
             rows.append({"model": name, "implementation": "sparring", "round": r["round"], "order": r["order"],
                          **r["sparring"]})
+        rows += [{"model": name, "implementation": "original_autoattack", "round": r["round"], **r["original"]}
+                 for r in m["rounds"] if "original" in r]
         rows.append({"model": name, "implementation": "torchattacks_autoattack", **m["torchattacks_autoattack"]})
         if m["art_autoattack"] is not None:
             rows.append({"model": name, "implementation": "art_autoattack", **m["art_autoattack"]})
