@@ -27,9 +27,11 @@ gradient attack can be made detector-aware without code of its own.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,8 +39,9 @@ from torch import Tensor, nn
 
 from sparring.attacks.base import Attack
 from sparring.context import frozen_model
-from sparring.detectors.base import Detector
+from sparring.detectors.base import DETECTORS, Detector
 from sparring.detectors.metrics import detection_metrics
+from sparring.errors import DataError
 from sparring.gradients.autograd import Autograd, GradientSource, GradientStep
 from sparring.losses import LossFn
 from sparring.runtime.eval_state import batch_generator
@@ -100,8 +103,6 @@ def calibrated_detector(
 
     The calibration points must be disjoint from the points the detector is evaluated on (a held-out part of the
     training split). Returns the detector and a record of the fit (seconds, sizes, settings)."""
-    from sparring.detectors.base import DETECTORS
-
     started = time.perf_counter()
     detector = DETECTORS.get(name)(model=model, layer=layer, fpr=fpr, seed=seed, **(settings or {}))
     fit = getattr(detector, "fit", None)
@@ -124,12 +125,6 @@ def calibrated_detector(
 
 def load_detector(folder: Any, model: nn.Module) -> Detector:
     """A detector saved with its ``save(folder)`` (``detector.json`` names its kind), reading ``model``."""
-    import json
-    from pathlib import Path
-
-    from sparring.detectors.base import DETECTORS
-    from sparring.errors import DataError
-
     config = Path(folder) / "detector.json"
     try:
         name = json.loads(config.read_text())["detector"]
@@ -249,7 +244,8 @@ def _attack_all(
                         generator=batch_generator(device, seed, b, stream))
         assert result.success is not None
         with frozen_model(model), torch.no_grad():
-            fooled[index] = (model(result.x_adv).argmax(1) != yb).cpu()  # judged on the returned input
+            # judged again in fp32 on the returned input (an attack under bf16 scored it under autocast)
+            fooled[index] = (model(result.x_adv.float()).argmax(1) != yb).cpu()
             scores[index] = detector.score(result.x_adv).float().cpu()
     flagged = scores > float(detector.threshold)  # type: ignore[arg-type]
     return fooled, fooled & ~flagged, scores
