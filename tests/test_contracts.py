@@ -17,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import sparring.attacks as attacks
 import sparring.objectives as objectives
+from sparring.attacks.rng import SampleStreams
 from sparring.language.batch import ChatBatch, chat_batch
 from sparring.language.toy import word_tokenizer
 from sparring.losses import cross_entropy
@@ -24,7 +25,7 @@ from sparring.points.models import PointNet
 from sparring.points.threat import PointSet
 from sparring.recsys.data import synthetic
 from sparring.recsys.models import VBPR
-from sparring.threat import L2Ball, LinfBall, ThreatModel
+from sparring.threat import L1Ball, L2Ball, LinfBall, ThreatModel
 
 B = 8
 
@@ -91,6 +92,7 @@ def seeded(seed: int = 0) -> torch.Generator:
 QUICK_SETTINGS: dict[str, dict[str, object]] = {
     "square": {"queries": 100}, "apgd": {"steps": 10}, "apgd_t": {"steps": 10, "targets": 2},
     "point_drop": {"iterations": 3}, "point_add": {"steps": 5}, "knn": {"steps": 5},
+    "apgd_l1": {"steps": 10}, "fab_t": {"steps": 10, "targets": 2}, "fmn": {"steps": 10},
 }
 
 
@@ -164,6 +166,14 @@ DOMAINS: dict[str, Domain] = {
         zero=[PointSet(eps=0.0, radius=0.05), PointSet(eps=0.9, radius=0.05)],
         per_sample=PointSet(eps=_alternating(4.0), radius=0.05),
         default=PointSet(eps=4, radius=0.05), other=PointSet(eps=3, radius=0.05),
+    ),
+    # Attacks of the L1 threat only (APGD-L1): images (B, 1, 8, 8), L1 balls with and without a box.
+    "l1": Domain(
+        model=small_model, batch=batch,
+        threats=[L1Ball(eps=2.0), L1Ball(eps=4.0, bounds=None), L1Ball(eps=torch.linspace(0.0, 4.0, B)),
+                 L1Ball(eps=torch.linspace(0.0, 8.0, B), bounds=None)],
+        zero=[L1Ball(eps=0.0), L1Ball(eps=0.0, bounds=None)],
+        per_sample=L1Ball(eps=_alternating(3.0)), default=L1Ball(eps=2.0), other=L1Ball(eps=5.0),
     ),
 }
 
@@ -270,7 +280,11 @@ class TestAttackContract:
         x, y = d.batch(0)
         eps = d.per_sample.eps
         assert isinstance(eps, torch.Tensor)
-        result = build_attack(name)(d.model(), x, y, d.per_sample, generator=seeded())
+        model = d.model()
+        if attacks.ATTACKS.get(name).minimum_norm:  # a misclassified point's smallest perturbation is none at all
+            with torch.no_grad():
+                y = model.eval()(x).argmax(1)
+        result = build_attack(name)(model, x, y, d.per_sample, generator=seeded())
         assert torch.equal(result.x_adv[eps == 0], x[eps == 0])
         assert (result.x_adv[eps > 0] - x[eps > 0]).abs().amax() > 0
 
@@ -285,6 +299,18 @@ class TestAttackContract:
         b = attack(d.model(), x_mixed, y_mixed, d.default, generator=seeded(3))
         torch.testing.assert_close(a.x_adv[0], b.x_adv[0])
         assert a.success[0] == b.success[0]
+
+    def test_batch_size_independence(self, name: str) -> None:
+        """With per-sample streams keyed by global ids, chunks of 7 give the full batch's results (issue 23)."""
+        d = domain(name)
+        n = 40
+        x, y = torch.cat([d.batch(s)[0] for s in range(n // B)]), torch.cat([d.batch(s)[1] for s in range(n // B)])
+        model, attack, ids = d.model(), build_attack(name), torch.arange(n)
+        full = attack(model, x, y, d.default, streams=SampleStreams.of(11, ids))
+        chunks = [attack(model, x[i:i + 7], y[i:i + 7], d.default, streams=SampleStreams.of(11, ids[i:i + 7]))
+                  for i in range(0, n, 7)]
+        assert torch.equal(full.robust, torch.cat([c.robust for c in chunks]))
+        torch.testing.assert_close(full.x_adv, torch.cat([c.x_adv for c in chunks]))
 
     def test_deterministic_under_seed(self, name: str) -> None:
         d = domain(name)

@@ -14,7 +14,7 @@ from collections.abc import Container, Iterator
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sparring"
-DOMAINS = ("points", "recsys", "language")
+DOMAINS = ("points", "recsys", "language", "streaming")
 
 
 def modules(root: Path = PACKAGE) -> dict[str, tuple[Path, str]]:

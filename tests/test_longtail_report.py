@@ -54,14 +54,20 @@ def test_long_tailed_run_reports_groups(tmp_path, single_thread) -> None:
     assert counts[0] / counts[-1] == pytest.approx(10, rel=0.1)
     tail = report["long_tail"]["tail"]
     assert tail["classes"] == [7, 8, 9] and 0.0 <= tail["robust"] <= tail["clean"] <= 1.0
+    assert report["long_tail"]["tail80"]["classes"] == list(range(2, 10))  # RobustLT's tail beside ours
+    shots = report["long_tail"]["shots"]
+    assert shots["scale"] == pytest.approx(counts[0] / 500) and "s = n_max / 500" in shots["rule"]
+    assert sorted(shots["many"]["classes"] + shots["medium"]["classes"] + shots["few"]["classes"]) == list(range(10))
     multipliers = report["objective_config"]["budget_multipliers"]
     assert multipliers[-1] > 1.0 > multipliers[0]
     html = (tmp_path / "run" / "report.html").read_text()
     assert "Long tail (imbalance ratio" in html and "tail classes robust" in html
+    assert "tail, rarest 80% (RobustLT)" in html and "few-shot (&lt; " in html and "s = n_max / 500" in html
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics[-1]["robustlt_eps"]) == 10
     from rich.console import Console
 
     console = Console(record=True, width=120)
     console.print(summary_table(report))
-    assert "tail robust" in console.export_text()
+    text = console.export_text()
+    assert "tail robust" in text and "rarest 80% of classes" in text

@@ -34,7 +34,7 @@ OverwriteOption = Annotated[bool, typer.Option(
     "--overwrite", help="Replace what sparring wrote in an existing run folder (it keeps files it did not write).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 EpsOption = Annotated[str, typer.Option("--eps", help="Radius of the threat model in input units: 0.03 or 8/255.")]
-NormOption = Annotated[str, typer.Option("--norm", help="linf or l2 (case-insensitive: Linf, L2).")]
+NormOption = Annotated[str, typer.Option("--norm", help="linf, l2 or l1 (case-insensitive: Linf, L2, L1).")]
 CheckpointOption = Annotated[Path | None, typer.Option(
     "--checkpoint", help="Weights to load into the model: safetensors or a torch.save .pt/.pth/.bin/.ckpt state dict "
     "(read without unpickling code; DataParallel, torch.compile and Lightning key prefixes are handled).")]
@@ -133,12 +133,13 @@ def eval_(
     norm: NormOption = "linf",
     checkpoint: CheckpointOption = None,
     data_root: Annotated[str | None, typer.Option("--data-root", help="Folder or archive of CIFAR.")] = None,
-    suite: Annotated[str, typer.Option("--suite", help="fast, standard or plus.")] = "standard",
+    suite: Annotated[str, typer.Option("--suite", help="fast, standard, plus or rand (EOT).")] = "standard",
     attacks: Annotated[
         str | None, typer.Option("--attacks", help="Comma-separated attack names, run as a cascade instead of --suite.")
     ] = None,
     eps_curve: Annotated[
-        str | None, typer.Option("--eps-curve", help="Comma-separated radii of the eps-curve (default 0..2 eps).")
+        str | None, typer.Option("--eps-curve", help="Comma-separated radii of the eps-curve (default 0..2 eps), or "
+                                 "'minnorm': the default radii from one minimum-norm (FMN) run per point.")
     ] = None,
     precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 (autocast attacks).")] = "fp32",
     device: Annotated[
@@ -193,7 +194,9 @@ def eval_(
         raise ConfigError(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"--precision must be fp32 or bf16, got {precision!r}")
-    radii = _floats(eps_curve, "--eps-curve") if eps_curve is not None else None
+    radii: list[float] | str | None = None
+    if eps_curve is not None:
+        radii = "minnorm" if eps_curve.strip().lower() == "minnorm" else _floats(eps_curve, "--eps-curve")
     _, test = load_eval_data(data, root=data_root, seed=seed)  # a file is evaluated whole (or its x_test / y_test)
     net = load_model(model, checkpoint=checkpoint, data=test)
     net.to(_device(device))
@@ -201,6 +204,8 @@ def eval_(
         from sparring.runtime.compile import compiled
 
         net = compiled(net, dynamic=None)
+    if threat.norm == "l1" and not attacks:  # the suites' APGD and Square are L∞ / L2 attacks
+        raise ConfigError("--norm l1 needs --attacks, e.g. --attacks apgd_l1,fab_t (the suites are L∞ / L2)")
     cascade = [build(name.strip()) for name in attacks.split(",")] if attacks else suite
     folder = out or Path("runs") / f"eval-{Path(data).stem}-{threat.norm}-{float(threat.eps):g}"
     main = is_main_process()
@@ -352,8 +357,8 @@ def _threat(norm: str, eps: str, no_bounds: bool) -> Any:
     from sparring.threat import make_threat, parse_eps, parse_norm
 
     name = parse_norm(norm)
-    if name not in ("linf", "l2"):
-        raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
+    if name not in ("linf", "l2", "l1"):
+        raise ConfigError(f"--norm must be linf or l2, or l1 (L1 attacks: apgd_l1, fab_t, fmn), got {norm!r}")
     return make_threat(name, parse_eps(eps, where="--eps"), None if no_bounds else (0.0, 1.0))
 
 

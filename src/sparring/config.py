@@ -144,10 +144,10 @@ class DetectorSpec(_Strict):
 
 class EvalSpec(_Strict):
     threat: ThreatSpec | None = None
-    suite: Literal["fast", "standard", "plus"] = "standard"
+    suite: Literal["fast", "standard", "plus", "rand"] = "standard"
     attacks: list[dict[str, Any] | str] | None = None  # a custom cascade, run in this order, instead of the suite
     precision: Literal["fp32", "bf16"] = "fp32"
-    eps_curve: list[float] | None = None
+    eps_curve: list[float] | Literal["minnorm"] | None = None  # radii, or one minimum-norm run (docs/evaluation.md)
     batch_size: int = Field(default=256, ge=1)
     max_samples: int | None = Field(default=None, ge=1)
     detector: DetectorSpec | None = None
@@ -159,8 +159,8 @@ class EvalSpec(_Strict):
 
     @field_validator("eps_curve")
     @classmethod
-    def _non_negative(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and any(e < 0 for e in value):
+    def _non_negative(cls, value: list[float] | str | None) -> list[float] | str | None:
+        if isinstance(value, list) and any(e < 0 for e in value):
             raise ValueError("every eps of the curve must be >= 0")
         return value
 

@@ -18,7 +18,9 @@ MS-SSIM for images; LPIPS only from a local backbone), and the report gives thei
 
 The points are split into fixed batches, each with its own generators seeded by ``(seed, batch)``, so an
 evaluation can be resumed from its state folder and sharded across processes with identical numbers
-(:mod:`sparring.runtime.eval_state`). Checks (:mod:`sparring.checks`) never change a number: they mark it.
+(:mod:`sparring.runtime.eval_state`). The attacks draw their random numbers from per-sample streams keyed by
+``(seed, attack, global index of the point)`` (:mod:`sparring.attacks.rng`), so a point's outcome does not depend
+on the batch size or on its batch mates either. Checks (:mod:`sparring.checks`) never change a number: they mark it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ import sparring.perceptual as perceptual_
 from sparring.attacks import APGD, Attack, Square
 from sparring.attacks.base import PRECISIONS, row_mask
 from sparring.attacks.cascade import NOT_BROKEN, Cascade, as_cascade, check_attacks_fit
-from sparring.context import device_of, frozen_model
+from sparring.attacks.fmn import FMN, check_norm
+from sparring.attacks.rng import SampleStreams
+from sparring.context import conv_layout, device_of, frozen_model
 from sparring.data import Dataset
 from sparring.detectors.base import Detector
 from sparring.detectors.evaluation import DEFAULT_LAMBDAS, DEFAULT_RADII, evaluate_detection
@@ -184,34 +188,117 @@ class Evaluation:
 
 
 LONG_TAIL_MIN_RATIO = 2.0  # the imbalance from which a report shows head / medium / tail groups
+#: RobustLT's "tail": the rarest 80% of the classes by training count.
+TAIL_FRACTION = 0.8
+#: Many-shot above 100 training examples, few-shot below 20, medium in between (Liu et al.'s OLTR split, used on
+#: CIFAR-100-LT by MCAT's code), at a head of :data:`SHOT_REFERENCE_HEAD` examples.
+SHOT_THRESHOLDS = (100.0, 20.0)
+#: CIFAR-100-LT's head class count (500), the data set those thresholds are used on: on another data set they are
+#: scaled by ``n_max / 500`` (s = 1 on CIFAR-100-LT, 10 on CIFAR-10-LT, 0.8 on MNIST-1D-LT, ~0.27 on digits-LT).
+SHOT_REFERENCE_HEAD = 500.0
 
 
-def long_tail_summary(per_class: list[dict[str, Any]], class_counts: Sequence[int] | None) -> dict[str, Any] | None:
-    """Head / medium / tail accuracy (clean and robust) from per-class rows and training class counts.
+def _group(per_class: list[dict[str, Any]], class_counts: Sequence[int], members: list[int]) -> dict[str, Any]:
+    """One group's classes, training samples and mean per-class clean / robust accuracy (None when none evaluated)."""
+    present = [per_class[c] for c in members if per_class[c]["n"]]
+    return {
+        "classes": members,
+        "train_samples": int(sum(class_counts[c] for c in members)),
+        "clean": sum(r["clean_accuracy"] for r in present) / len(present) if present else None,
+        "robust": sum(r["robust_accuracy"] for r in present) / len(present) if present else None,
+    }
 
-    Classes are ranked by training count (most frequent first, ties by index); the top third (rounded)
+
+def _by_frequency(class_counts: Sequence[int]) -> list[int]:
+    """Class indices, most frequent first (ties by index)."""
+    return sorted(range(len(class_counts)), key=lambda c: (-int(class_counts[c]), c))
+
+
+def tail_fraction_group(
+    per_class: list[dict[str, Any]], class_counts: Sequence[int], fraction: float = TAIL_FRACTION
+) -> dict[str, Any]:
+    """The rarest ``round(fraction · K)`` classes (at least 1) by training count: RobustLT's tail at 0.8.
+
+    On CIFAR-10-LT that is classes 2..9 (every class but the two most frequent). Returns :func:`_group`'s dict
+    plus ``fraction``.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"tail fraction must be in (0, 1], got {fraction}")
+    k = len(class_counts)
+    size = min(k, max(1, round(fraction * k)))
+    members = _by_frequency(class_counts)[k - size:]
+    return {**_group(per_class, class_counts, members), "fraction": fraction}
+
+
+def shot_thresholds(
+    class_counts: Sequence[int], *, reference_head: float | None = SHOT_REFERENCE_HEAD,
+    thresholds: tuple[float, float] = SHOT_THRESHOLDS,
+) -> tuple[float, float, float]:
+    """``(many_above, few_below, scale)``: the many- / few-shot thresholds scaled by ``s = n_max / reference_head``
+    (``reference_head=None``: ``s = 1``, the thresholds as given)."""
+    many, few = (float(t) for t in thresholds)
+    if not many >= few > 0:
+        raise ConfigError(f"shot thresholds must satisfy many >= few > 0, got {thresholds}")
+    if reference_head is not None and not reference_head > 0:
+        raise ConfigError(f"reference_head must be > 0 or None, got {reference_head}")
+    scale = 1.0 if reference_head is None else max(class_counts) / float(reference_head)
+    return many * scale, few * scale, scale
+
+
+def shot_groups(
+    per_class: list[dict[str, Any]], class_counts: Sequence[int], *,
+    reference_head: float | None = SHOT_REFERENCE_HEAD, thresholds: tuple[float, float] = SHOT_THRESHOLDS,
+) -> dict[str, Any]:
+    """Many- / medium- / few-shot groups by training count: many ``n_c > T_many``, medium ``T_few ≤ n_c ≤ T_many``,
+    few ``n_c < T_few``, with ``(T_many, T_few)`` from :func:`shot_thresholds` (stated in the result, with the rule).
+
+    A group with no class has ``classes == []`` and ``None`` accuracies.
+    """
+    many_above, few_below, scale = shot_thresholds(class_counts, reference_head=reference_head, thresholds=thresholds)
+    order = _by_frequency(class_counts)
+    groups = {
+        "many": [c for c in order if class_counts[c] > many_above],
+        "medium": [c for c in order if few_below <= class_counts[c] <= many_above],
+        "few": [c for c in order if class_counts[c] < few_below],
+    }
+    reference = "the thresholds as given" if reference_head is None else f"n_max / {reference_head:g}"
+    rule = (f"many: n > {thresholds[0]:g}·s, medium: {thresholds[1]:g}·s <= n <= {thresholds[0]:g}·s, few: "
+            f"n < {thresholds[1]:g}·s training examples, s = {reference} = {scale:.4g}")
+    return {
+        "many_above": many_above, "few_below": few_below, "scale": scale, "rule": rule,
+        **{name: _group(per_class, class_counts, members) for name, members in groups.items()},
+    }
+
+
+def long_tail_summary(
+    per_class: list[dict[str, Any]], class_counts: Sequence[int] | None, *,
+    reference_head: float | None = SHOT_REFERENCE_HEAD,
+) -> dict[str, Any] | None:
+    """Head / medium / tail accuracy (clean and robust) from per-class rows and training class counts, and the
+    papers' groups beside them.
+
+    Ours: classes are ranked by training count (most frequent first, ties by index); the top third (rounded)
     is the head, the bottom third the tail, the rest medium — CIFAR-10-LT's usual 3 / 4 / 3 split. A
-    group's accuracy is the mean of its classes' accuracies (balanced within the group). ``None`` when the
-    counts are unknown, do not match the classes, or are nearly balanced (largest / smallest count below
-    :data:`LONG_TAIL_MIN_RATIO`): ranking classes by a few examples more or less means nothing.
+    group's accuracy is the mean of its classes' accuracies (balanced within the group). The papers':
+    ``tail80``, the rarest 80% of the classes (RobustLT, :func:`tail_fraction_group`), and ``shots``, the
+    many / medium / few-shot groups by training-count thresholds scaled to the data set (:func:`shot_groups`;
+    ``reference_head`` sets the scale). ``None`` when the counts are unknown, do not match the classes, or are
+    nearly balanced (largest / smallest count below :data:`LONG_TAIL_MIN_RATIO`): ranking classes by a few
+    examples more or less means nothing.
     """
     k = len(per_class)
     if class_counts is None or len(class_counts) != k or k < 3:
         return None
     if max(class_counts) < LONG_TAIL_MIN_RATIO * max(min(class_counts), 1):
         return None
-    order = sorted(range(k), key=lambda c: (-int(class_counts[c]), c))
+    order = _by_frequency(class_counts)
     third = max(1, round(k / 3))
     groups = {"head": order[:third], "medium": order[third:k - third], "tail": order[k - third:]}
     out: dict[str, Any] = {"imbalance_ratio": max(class_counts) / max(min(class_counts), 1), "split": "rank thirds"}
     for group, members in groups.items():
-        present = [per_class[c] for c in members if per_class[c]["n"]]
-        out[group] = {
-            "classes": members,
-            "train_samples": int(sum(class_counts[c] for c in members)),
-            "clean": sum(r["clean_accuracy"] for r in present) / len(present) if present else None,
-            "robust": sum(r["robust_accuracy"] for r in present) / len(present) if present else None,
-        }
+        out[group] = _group(per_class, class_counts, members)
+    out["tail80"] = tail_fraction_group(per_class, class_counts)
+    out["shots"] = shot_groups(per_class, class_counts, reference_head=reference_head)
     return out
 
 
@@ -221,7 +308,7 @@ def evaluate(
     threat: ThreatModel,
     *,
     suite: str | Cascade | Sequence[Attack] = "standard",
-    eps_curve: Sequence[float] | None = None,
+    eps_curve: Sequence[float] | str | None = None,
     curve_attack: Attack | None = None,
     batch_size: int = 256,
     max_samples: int | None = None,
@@ -238,13 +325,17 @@ def evaluate(
     detector_attack: Attack | None = None,
     detector_lambdas: Sequence[float] = DEFAULT_LAMBDAS,
     detector_radii: Sequence[float] = DEFAULT_RADII,
+    channels_last: bool = True,
 ) -> Evaluation:
     """Evaluate ``model`` on ``data`` under ``threat``.
 
     Args:
         suite: ``"fast"``, ``"standard"`` (default) or ``"plus"``, a :class:`Cascade`, or a list of
             attacks run as a cascade in that order.
-        eps_curve: radii of the ε-curve (default 9 points from 0 to 2ε; ``[]`` to skip).
+        eps_curve: radii of the ε-curve (default 9 points from 0 to 2ε; ``[]`` to skip), or ``"minnorm"``: the
+            default radii from one minimum-norm run (``curve_attack``, default :class:`~sparring.attacks.FMN`) per
+            point, robust accuracy(ε) = the fraction of points whose smallest adversarial norm exceeds ε (with the
+            suite's breaks counted from ε on). A minimum-norm ``curve_attack`` always gives its curve in one run.
         curve_attack: the attack of the ε-curve cascade and of the large-ε check (default
             :func:`default_curve_attack`).
         max_samples: evaluate the first ``max_samples`` points only.
@@ -263,6 +354,8 @@ def evaluate(
             of ``detector_lambdas`` (``()``: non-adaptive only, and the ``detector_adaptive`` check fails), each
             λ > 0 also at the fractions ``detector_radii`` of ε. The headline robust accuracy stays the classifier's
             alone.
+        channels_last: run the model's 2-D convolutions with channels-last weights during the evaluation
+            (:func:`sparring.context.conv_layout`; the same values, faster kernels, the caller's tensors restored).
 
     Every break counts: a point any attack broke at a radius ≤ ε (the suite, the ε-curve up to ε, the checks'
     probes) is broken in the worst case, attributed to the first source that broke it.
@@ -285,6 +378,8 @@ def evaluate(
     device = torch.device(device) if device is not None else device_of(model)
     cascade = as_cascade(suite).with_precision(precision)
     check_attacks_fit(cascade.attacks, threat)
+    if isinstance(eps_curve, str):  # "minnorm": one minimum-norm run per point gives the whole curve
+        eps_curve, curve_attack = None, minnorm_curve_attack(eps_curve, threat, curve_attack)
     if curve_attack is None:  # a point budget has no APGD: its curve reruns the suite's first attack
         curve_attack = default_curve_attack() if threat.steppable else cascade.attacks[0]
     check_attacks_fit([curve_attack], threat)
@@ -315,7 +410,7 @@ def evaluate(
     notify(f"suite {cascade.name}: {', '.join(cascade.labels)} on {len(x)} points ({n_batches} batches)")
     show = progress if isinstance(progress, bool) else progress is None and interactive()
     bars = EvalBars(cascade.labels, len(mine), curve=bool(radii)) if show and world()[0] == 0 else None
-    with bars if bars is not None else contextlib.nullcontext():
+    with bars if bars is not None else contextlib.nullcontext(), conv_layout(model, enabled=channels_last):
         for done, b in enumerate(mine, 1):
             rows = torch.arange(b * batch_size, min((b + 1) * batch_size, len(x)))
             fits = functools.partial(_record_fits, batch=b, first=int(rows[0]), size=len(rows),
@@ -339,10 +434,11 @@ def evaluate(
 
     outcome = _assemble(records, len(x), cascade, radii, float(threat.eps) if radii else None, curve_attack)
     notify("checks")
-    check_list, probe_broken = broadcast(
-        _run_checks(model, x, y, threat, cascade, outcome, radii, curve_attack, batch_size, seed, device)
-        if world()[0] == 0 else None
-    )
+    with conv_layout(model, enabled=channels_last):
+        check_list, probe_broken = broadcast(
+            _run_checks(model, x, y, threat, cascade, outcome, radii, curve_attack, batch_size, seed, device)
+            if world()[0] == 0 else None
+        )
     if probe_broken:  # the checks' own attacks broke points at radius ≤ ε that every other attack missed
         outcome = _assemble(records, len(x), cascade, radii, float(threat.eps) if radii else None, curve_attack,
                             probe_broken=probe_broken)
@@ -394,9 +490,11 @@ def _evaluate_batch(
     with frozen_model(model), torch.no_grad():
         clean_correct = model(x).argmax(1) == y
     verify = _verifier(model) if precision != "fp32" else None
+    ids = torch.arange(first, first + len(x), device=x.device)  # the points' global indices: their streams
     result = cascade.run(
         model, x, y, threat, active=clean_correct, verify=verify,
         generator_for=lambda k: batch_generator(x.device, seed, batch, k),
+        streams_for=lambda k: SampleStreams.of(stream_seed(seed, k), ids),
         progress=bars.step if bars is not None else None,
     )
     broken_by = torch.where(clean_correct, result.broken_by, torch.full_like(result.broken_by, WRONG))
@@ -406,8 +504,11 @@ def _evaluate_batch(
             bars.finish_batch(k, attacked=attacked, broken=int((broken_by == k).sum()))
     started = time.perf_counter()
     on_radius = None if bars is None else (lambda i: bars.step(bars.curve, i / len(radii)))
+    suite_norm = torch.where(broken_by >= 0, threat.distance(result.x_adv, x).float(),
+                             torch.full((len(x),), math.inf, device=x.device))
     curve_broken_at, curve_adv = _curve_batch(model, x, y, threat, radii, clean_correct, robust, curve_attack,
-                                              seed, batch, verify, on_radius=on_radius)
+                                              seed, batch, verify, on_radius=on_radius, ids=ids,
+                                              suite_norm=suite_norm)
     if bars is not None and radii:
         bars.finish_batch(bars.curve, attacked=0, broken=0)
     curve_time = time.perf_counter() - started
@@ -448,14 +549,23 @@ def _perceptual_batch(
 def _curve_batch(
     model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, radii: list[float], clean_correct: Tensor,
     robust: Tensor, attack: Attack, seed: int, batch: int, verify: Callable[[Tensor, Tensor], Tensor] | None,
-    on_radius: Callable[[int], None] | None = None,
+    on_radius: Callable[[int], None] | None = None, ids: Tensor | None = None, suite_norm: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(B,) index of the first radius at which the point is broken (``len(radii)``: never), and the inputs that
-    broke the points at radii ≤ ε (the clean input elsewhere)."""
+    broke the points at radii ≤ ε (the clean input elsewhere).
+
+    The curve reuses the suite's work (``suite_norm``: per point the norm of the suite's break, ∞ where it found
+    none). Below ε a point the suite broke with a perturbation of norm ≤ r is broken at r without an attack, and a
+    point the whole suite left robust at ε is not attacked again: every perturbation of norm r < ε is one of norm ε,
+    which the suite searched, so robust at ε is also the evidence at r. Such points are attacked at ε itself (a
+    second opinion, the ``breaks_outside_suite`` check); above ε the suite's breaks count and only its survivors
+    are attacked. Only the points the suite broke with a larger perturbation are attacked below ε."""
     broken_at = torch.full_like(y, len(radii))
     x_adv = x.detach().clone()
     if not radii:
         return broken_at, x_adv
+    if attack.minimum_norm:  # one run gives every radius
+        return _minnorm_curve_batch(model, x, y, threat, radii, clean_correct, robust, attack, seed, verify, ids)
     eps_eval = float(threat.eps)
     still = clean_correct.clone()
     for i, radius in enumerate(radii):
@@ -463,10 +573,17 @@ def _curve_batch(
             on_radius(i)
         if radius >= eps_eval:  # (the radii hold ε itself: see _radii)
             still &= robust  # broken by the full suite at ε ⇒ broken at every larger radius
-        rows = still.nonzero().squeeze(1)
-        if rows.numel():  # ε = 0 is attacked too: that is what the eps_zero check verifies
+            attack_now = still
+        elif suite_norm is not None:
+            still &= ~(suite_norm <= radius)  # the suite's own break already lies within r
+            attack_now = still & ~robust  # robust at ε under the suite ⇒ robust at r < ε as far as evidence goes
+        else:
+            attack_now = still
+        rows = attack_now.nonzero().squeeze(1)
+        if rows.numel():  # ε = 0 is attacked too (the suite's breaks there): what the eps_zero check verifies
+            streams = None if ids is None else SampleStreams.of(stream_seed(seed, 1000 + i), ids[rows])
             result = attack(model, x[rows], y[rows], threat.with_eps(radius),
-                            generator=batch_generator(x.device, seed, batch, 1000 + i))
+                            generator=batch_generator(x.device, seed, batch, 1000 + i), streams=streams)
             success = result.success
             assert success is not None
             if verify is not None and bool(success.any()):
@@ -476,6 +593,61 @@ def _curve_batch(
                 x_adv[rows[success]] = result.x_adv[success].to(x_adv.dtype)
         broken_at[(broken_at == len(radii)) & ~still] = i
     return broken_at, x_adv
+
+
+MINNORM = "minnorm"  # eps_curve="minnorm" / --eps-curve minnorm
+
+
+def minnorm_curve_attack(mode: str, threat: ThreatModel, curve_attack: Attack | None) -> Attack:
+    """The attack of ``eps_curve="minnorm"``: ``curve_attack`` if it is a minimum-norm attack, else FMN (100 steps)."""
+    if mode.strip().lower() != MINNORM:
+        raise ConfigError(f"eps_curve must be a list of radii or {MINNORM!r}, got {mode!r}")
+    if _per_sample(threat):
+        raise ConfigError("an eps-curve needs a scalar eps; the threat model has a per-sample eps")
+    check_norm("the minnorm eps-curve", threat)
+    if curve_attack is None:
+        return FMN()
+    if not curve_attack.minimum_norm:
+        raise ConfigError(f"the minnorm eps-curve needs a minimum-norm curve attack (fmn, fab_t), got "
+                          f"{curve_attack.name!r}")
+    return curve_attack
+
+
+def _minnorm_curve_batch(
+    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, radii: list[float], clean_correct: Tensor,
+    robust: Tensor, attack: Attack, seed: int, verify: Callable[[Tensor, Tensor], Tensor] | None,
+    ids: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_curve_batch` from one minimum-norm run at the largest radius: a point is broken at radius r when its
+    smallest adversarial norm is ≤ r, when it is misclassified clean, or (r ≥ ε) when the suite broke it."""
+    x_adv = x.detach().clone()
+    smallest = torch.full(y.shape, float("inf"), device=x.device)
+    rows = clean_correct.nonzero().squeeze(1)
+    top = max(radii)
+    if rows.numel():
+        streams = None if ids is None else SampleStreams.of(stream_seed(seed, 1000), ids[rows])
+        result = attack(model, x[rows], y[rows], threat.with_eps(top), streams=streams)
+        assert result.success is not None and result.min_norm is not None
+        success = result.success
+        if verify is not None and bool(success.any()):
+            success = success & verify(result.x_adv, y[rows])
+        # Broken within the largest radius (by the smallest point, or by its projection onto that ball): that norm.
+        norm = torch.where(success, result.min_norm.float().clamp(max=top), torch.full_like(success, float("inf"),
+                                                                                           dtype=torch.float))
+        smallest[rows] = norm.to(smallest.device)
+        at_eps = rows[success & (norm <= float(threat.eps))]
+        x_adv[at_eps] = result.x_adv[success & (norm <= float(threat.eps))].to(x_adv.dtype)
+    radius = torch.tensor(radii, device=x.device, dtype=smallest.dtype)
+    broken = ((smallest[:, None] <= radius[None, :]) | ~clean_correct[:, None]
+              | (~robust[:, None] & (radius[None, :] >= float(threat.eps))))  # (B, R), monotone in r
+    broken_at = torch.where(broken.any(1), broken.float().argmax(1), torch.full_like(y, len(radii)))
+    return broken_at.to(y.dtype), x_adv
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The seed of the per-sample streams of one attack (``stream``: the suite attack k, or 1000 + the ε-curve's
+    radius index); the same for every batch, so a point's draws depend on its global index alone."""
+    return (seed * 1_000_003 + stream + 1) & (2**63 - 1)
 
 
 def _verifier(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
@@ -666,6 +838,9 @@ def _black_box_check(
                                               masking=masking), []
     if black:
         return checks_.check("black_box_not_stronger", None, "the suite has no white-box attack to compare with"), []
+    if threat.norm not in ("linf", "l2"):  # Square has no L1 version
+        return checks_.check("black_box_not_stronger", None, f"no black-box attack applies to the {threat.norm} "
+                             "threat"), []
     # No black-box attack in the suite: run a short Square on the probe points every other attack left robust.
     rows = outcome["worst_case"][: len(x)].nonzero().squeeze(1).to(x.device)
     name = f"square ({CHECK_SQUARE_QUERIES} queries, first {len(x)} points)"
@@ -783,4 +958,5 @@ def describe_data(train: Dataset | None, test: Dataset, evaluation: Evaluation) 
 
 
 __all__ = ["Evaluation", "build_report", "default_curve_attack", "default_eps_curve", "describe_data", "evaluate",
-           "parameters", "write_run_report"]
+           "long_tail_summary", "parameters", "shot_groups", "shot_thresholds", "tail_fraction_group",
+           "write_run_report"]

@@ -2,27 +2,31 @@
 
 A threat model owns everything geometric about an attack and nothing about its optimizer:
 
-* the ball ``B(x, ε) = {x' : ‖x' − x‖ ≤ ε}`` for the L∞ or L2 norm, with ε a float or a per-sample
+* the ball ``B(x, ε) = {x' : ‖x' − x‖ ≤ ε}`` for the L∞, L2 or L1 norm, with ε a float or a per-sample
   tensor of shape (B,) (class-wise budgets, curricula, ε-curves all need per-sample radii);
 * optional box bounds ``lo ≤ x' ≤ hi`` (pixels in [0, 1]); ``bounds=None`` for embedding or feature
   spaces that have no box;
 * the projection onto ``B(x, ε) ∩ box``, a random start inside it, and the normalized ascent step
-  (``sign(g)`` for L∞, ``g / ‖g‖₂`` for L2) that steepest ascent uses.
+  (``sign(g)`` for L∞, ``g / ‖g‖₂`` for L2, the top-k coordinates of ``|g|`` for L1) that steepest ascent uses.
 
 Norms are taken over all non-batch dimensions. Step sizes may be floats or (B,) tensors too.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
 from sparring.errors import ThreatModelError
 from sparring.registry import Registry
+
+if TYPE_CHECKING:
+    from sparring.attacks.rng import SampleStreams
 
 Radius = float | Tensor
 THREATS: Registry[type[ThreatModel]] = Registry("threat model")
@@ -131,8 +135,11 @@ class ThreatModel(ABC):
         """Map ``x_adv`` into ``B(x, ε) ∩ box``."""
 
     @abstractmethod
-    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A random point of the threat set around ``x``."""
+    def random_start(
+        self, x: Tensor, generator: torch.Generator | None = None, *, streams: SampleStreams | None = None
+    ) -> Tensor:
+        """A random point of the threat set around ``x``; with ``streams`` (one per row, see
+        :mod:`sparring.attacks.rng`) row i's draws depend on its stream alone, else they come from ``generator``."""
 
     @abstractmethod
     def step(self, grad: Tensor, step_size: Radius) -> Tensor:
@@ -160,8 +167,13 @@ class LinfBall(ThreatModel):
         torch.maximum(delta, eps.neg(), out=delta)
         return self._clip_box_(delta.add_(x))
 
-    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def random_start(
+        self, x: Tensor, generator: torch.Generator | None = None, *, streams: SampleStreams | None = None
+    ) -> Tensor:
+        if streams is not None:
+            noise = streams.uniform(x.shape[1:], dtype=x.dtype)
+        else:
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         # x + (2u − 1)·ε, computed in place on the fresh noise buffer.
         return self._clip_box_(noise.mul_(2).sub_(1).mul_(self.eps_for(x)).add_(x))
 
@@ -189,17 +201,139 @@ class L2Ball(ThreatModel):
             return self.clip_box(x + delta)
         return self._clip_box_(delta.mul_(torch.clamp(eps / norm, max=1.0)).add_(x))
 
-    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def random_start(
+        self, x: Tensor, generator: torch.Generator | None = None, *, streams: SampleStreams | None = None
+    ) -> Tensor:
         # A uniformly random direction with a radius drawn uniformly in [0, ε] (as torchattacks and
         # robustness do); uniform-in-volume would put every start on the sphere in high dimension.
-        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if streams is not None:
+            direction, radius = streams.normal(x.shape[1:], dtype=x.dtype), streams.uniform((), dtype=x.dtype)
+        else:
+            direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            radius = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
         direction = direction / per_sample(_flat_norm(direction, 2.0), x).clamp_min(_TINY)
-        radius = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
         return self.project(x + direction * per_sample(radius, x) * self.eps_for(x), x)
 
     def step(self, grad: Tensor, step_size: Radius) -> Tensor:
         norm = per_sample(_flat_norm(grad, 2.0), grad).clamp_min(_TINY)
         return (per_sample(step_size, grad) * grad).div_(norm)
+
+
+@THREATS.register("l1")
+@dataclass(frozen=True, kw_only=True)
+class L1Ball(ThreatModel):
+    """``‖δ‖₁ ≤ ε`` over all non-batch dims: sparse perturbations (Croce & Hein, ICML 2021, "Mind the box").
+
+    * **Projection** onto ``B₁(x, ε) ∩ box``, exactly: with ``u = x' − x`` and the box of δ, ``[lo − x, hi − x]``
+      (it contains 0), the nearest point is ``δ_i = clip(sign(u_i) · max(|u_i| − λ, 0), lo − x_i, hi − x_i)``
+      with the threshold λ ≥ 0 the root of the piecewise-linear, non-increasing ``Σ_i |δ_i(λ)| = ε`` (λ = 0 when
+      the box-clipped u is already inside the ball). λ is found by sorting the 2d breakpoints ``|u_i|`` and
+      ``|u_i| − room_i`` (a Duchi et al. 2008-style sort, extended to the box as in Croce & Hein 2021) and
+      interpolating on the one linear piece that crosses ε. Computed in float64.
+    * **Step**: the top-k steepest ascent of L1: move the ``k = ⌈sparsity · d⌉`` coordinates of largest ``|g|``
+      by ``α · sign(g_i) / k`` (so ``‖step‖₁ = α``; SLIDE, Tramèr & Boneh 2019, updates the top 1 %). ``sparsity``
+      may be given per call, per sample (APGD-L1 adapts it).
+    * **Random start**: a Laplace direction scaled to an L1 radius drawn uniformly in [0, ε], then projected.
+    """
+
+    norm: ClassVar[str] = "l1"
+    sparsity: float = 0.01  # the fraction of coordinates :meth:`step` moves
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.sparsity <= 1.0:
+            raise ThreatModelError(f"sparsity must lie in (0, 1], got {self.sparsity}")
+
+    def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        return _flat_norm(x_adv - x, 1.0)
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        eps = self.eps_for(x).flatten()
+        u = (x_adv - x).flatten(1)
+        if self.bounds is None:
+            room_hi = room_lo = torch.full_like(u, float("inf"))
+        else:
+            lo, hi = self.bounds
+            room_hi, room_lo = (hi - x).flatten(1).clamp_min(0), (x - lo).flatten(1).clamp_min(0)
+        delta = project_l1_box(u, eps, room_lo, room_hi)
+        return (x + delta.view_as(x)) if self.bounds is None else self.clip_box(x + delta.view_as(x))
+
+    def random_start(
+        self, x: Tensor, generator: torch.Generator | None = None, *, streams: SampleStreams | None = None
+    ) -> Tensor:
+        if streams is not None:
+            u = streams.at(0).uniform(x.shape[1:], dtype=x.dtype)
+            sign = streams.at(1).uniform(x.shape[1:], dtype=x.dtype)
+            radius = streams.at(2).uniform((), dtype=x.dtype)
+        else:
+            u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            sign = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            radius = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
+        laplace = torch.log1p(-u).neg_().mul_(torch.where(sign < 0.5, -1.0, 1.0))  # |t| ~ Exp(1), random sign
+        laplace = laplace / per_sample(_flat_norm(laplace, 1.0), x).clamp_min(_TINY)
+        return self.project(x + laplace * per_sample(radius, x) * self.eps_for(x), x)
+
+    def step(self, grad: Tensor, step_size: Radius, sparsity: Radius | None = None) -> Tensor:
+        """``α · sign(g) · 1[top-k |g|] / k``, ``k = ⌈sparsity · d⌉`` (ties included; zero gradients never move)."""
+        flat = grad.flatten(1).abs()
+        d = flat.shape[1]
+        frac = self.sparsity if sparsity is None else sparsity
+        if isinstance(frac, Tensor):  # one k per sample: the k-th largest |g| of each row
+            k = torch.ceil(frac.to(flat.device, torch.float64).expand(flat.shape[0]) * d - 1e-6).clamp(1, d).long()
+            kth = flat.sort(dim=1, descending=True).values.gather(1, (k - 1)[:, None])
+        else:
+            k_int = min(max(math.ceil(float(frac) * d - 1e-9), 1), d)
+            kth = flat.topk(k_int, dim=1).values[:, -1:]
+        chosen = (flat >= kth) & (flat > 0)
+        count = chosen.sum(1, keepdim=True).clamp_min(1).to(grad.dtype)
+        direction = grad.flatten(1).sign().mul_(chosen).div_(count)
+        return direction.view_as(grad).mul_(per_sample(step_size, grad))
+
+
+def project_l1_box(u: Tensor, eps: Tensor, room_lo: Tensor, room_hi: Tensor) -> Tensor:
+    """The nearest ``δ`` to ``u`` (B, d) with ``‖δ‖₁ ≤ ε`` (B,) and ``−room_lo ≤ δ ≤ room_hi`` (rooms ≥ 0, inf: none).
+
+    ``δ_i(λ) = sign(u_i) · min(max(|u_i| − λ, 0), c_i)`` with ``c_i`` the room on the side of ``sign(u_i)``, so
+    ``‖δ(λ)‖₁ = Σ_i [max(a_i − λ, 0) − max(a_i − c_i − λ, 0)]`` (a = |u|): two sums of ramps, evaluated at every
+    breakpoint of both from one sort and prefix sums; λ is interpolated on the linear piece that crosses ε.
+    """
+    dtype = u.dtype
+    u64 = u.double()
+    a = u64.abs()
+    room = torch.where(u64 >= 0, room_hi.double(), room_lo.double())
+    eps64 = eps.double().view(-1, 1)
+    capped = torch.minimum(a, room)  # δ at λ = 0: the box clip of u
+    inside = capped.sum(1, keepdim=True) <= eps64
+    e = (a - room).clamp_min(0.0)  # the second ramp's breakpoints (0 where the box does not bind before λ = 0)
+    points = torch.cat([torch.zeros_like(a[:, :1]), a, e], 1).sort(dim=1).values  # (B, 2d + 1) candidate λ
+
+    def ramp_sum(t: Tensor, lam: Tensor) -> Tensor:
+        """Σ_i max(t_i − λ, 0) for each λ of a row: prefix sums over t sorted ascending."""
+        t_sorted = t.sort(dim=1).values
+        suffix = t_sorted.flip(1).cumsum(1).flip(1)  # suffix[j] = Σ_{i ≥ j} t_i
+        suffix = torch.cat([suffix, torch.zeros_like(suffix[:, :1])], 1)
+        first = torch.searchsorted(t_sorted, lam, right=True)  # the first t_i > λ
+        n_above = t_sorted.shape[1] - first
+        return suffix.gather(1, first) - lam * n_above
+
+    size = ramp_sum(a, points) - ramp_sum(e, points)  # ‖δ(λ)‖₁ at each candidate, non-increasing
+    # The last candidate with size ≥ ε and the next one (size < ε): λ lies on the linear piece between them.
+    j = (size >= eps64).sum(1, keepdim=True).clamp(1, points.shape[1] - 1) - 1
+    lam0, lam1 = points.gather(1, j), points.gather(1, j + 1)
+    s0, s1 = size.gather(1, j), size.gather(1, j + 1)
+    slope = (s0 - s1).clamp_min(1e-300)
+    lam = torch.where(s0 > s1, lam0 + (s0 - eps64) * (lam1 - lam0) / slope, lam1)
+    lam = torch.where(inside, torch.zeros_like(lam), lam.clamp_min(0.0))
+    delta = u64.sign() * torch.minimum((a - lam).clamp_min(0.0), room)
+    # Guard the rounding of the float64 sums: never leave the ball (shrinking towards 0 stays in the box).
+    total = delta.abs().sum(1, keepdim=True)
+    delta = delta * torch.where(total > eps64, eps64 / total.clamp_min(1e-300), torch.ones_like(total))
+    out = delta.to(dtype)
+    if dtype != torch.float64:  # the cast may round up: shrink the rows that left the ball by a hair
+        norm = out.abs().sum(1, keepdim=True)
+        over = norm > eps.view(-1, 1).to(dtype)
+        out = torch.where(over, out * (eps.view(-1, 1).to(dtype) / norm.clamp_min(_TINY) * (1 - 1e-6)), out)
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,11 +391,20 @@ class TokenBall(ThreatModel):
             delta = torch.maximum(torch.minimum(delta, eps), -eps)
         return self.clip_box(x + delta * self.movable(x))
 
-    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+    def random_start(
+        self, x: Tensor, generator: torch.Generator | None = None, *, streams: SampleStreams | None = None
+    ) -> Tensor:
+        if streams is not None:
+            noise = streams.uniform(x.shape[1:], dtype=x.dtype) * 2 - 1
+        else:
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
         if self.token_ord == 2.0:  # a random direction per token, radius uniform in [0, ε]
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            radius = torch.rand(x.shape[:-1] + (1,), generator=generator, device=x.device, dtype=x.dtype)
+            if streams is not None:
+                noise = streams.normal(x.shape[1:], dtype=x.dtype)
+                radius = streams.uniform(x.shape[1:-1] + (1,), dtype=x.dtype)
+            else:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                radius = torch.rand(x.shape[:-1] + (1,), generator=generator, device=x.device, dtype=x.dtype)
             noise = noise / self._token_norm(noise).clamp_min(_TINY) * radius
         return self.project(x + noise * self.eps_for(x), x)
 
@@ -291,7 +434,8 @@ class TokenLinfBall(TokenBall):
 
 
 #: How people write norms (torchattacks and AutoAttack say ``Linf`` / ``L2``), case-insensitive, to our names.
-NORM_ALIASES = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l∞": "linf", "l2": "l2", "l_2": "l2", "2": "l2"}
+NORM_ALIASES = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l∞": "linf", "l2": "l2", "l_2": "l2", "2": "l2",
+                "l1": "l1", "l_1": "l1", "1": "l1"}
 
 
 def parse_norm(name: str) -> str:
@@ -328,9 +472,9 @@ def parse_eps(value: str | float | int, *, where: str = "eps") -> float:
 def make_threat(
     norm: str, eps: Radius | str, bounds: tuple[float, float] | None = (0.0, 1.0), **settings: object
 ) -> ThreatModel:
-    """Build a threat model by norm name (``"linf"``, ``"l2"``, ``"token_l2"``, ``"token_linf"``, and the point
-    clouds' ``"points"``; case-insensitive, ``Linf`` / ``L2`` too); ``settings`` are the threat's own fields (a
-    point set's ``radius``). ``eps`` may be written as text, ``"8/255"`` (see :func:`parse_eps`)."""
+    """Build a threat model by norm name (``"linf"``, ``"l2"``, ``"l1"``, ``"token_l2"``, ``"token_linf"``, and the
+    point clouds' ``"points"``; case-insensitive, ``Linf`` / ``L2`` / ``L1`` too); ``settings`` are the threat's own
+    fields (a point set's ``radius``). ``eps`` may be written as text, ``"8/255"`` (see :func:`parse_eps`)."""
     if isinstance(eps, str):
         eps = parse_eps(eps)
     return THREATS.get(parse_norm(norm))(eps=eps, bounds=bounds, **settings)

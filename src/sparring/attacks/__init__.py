@@ -10,9 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from sparring.attacks.apgd import APGD, APGDTargeted
+from sparring.attacks.apgd_l1 import APGDL1
 from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem
 from sparring.attacks.cascade import SUITES, Cascade, suite
+from sparring.attacks.fab import FABTargeted
 from sparring.attacks.fgsm import FGSM, FGSMRS
+from sparring.attacks.fmn import FMN
 from sparring.attacks.pgd import PGD
 from sparring.attacks.sign_pgd import SignPGD
 from sparring.attacks.square import Square
@@ -29,6 +32,7 @@ def build(name: str, **settings: Any) -> Attack:
 
 
 __all__ = [
-    "APGD", "APGDTargeted", "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "PGD", "Problem", "SignPGD",
+    "APGD", "APGDL1", "APGDTargeted", "ATTACKS", "FABTargeted", "FMN", "Attack", "AttackResult", "FGSM", "FGSMRS",
+    "PGD", "Problem", "SignPGD",
     "Square", "SUITES", "Cascade", "suite", "available", "build",
 ]

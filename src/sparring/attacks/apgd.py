@@ -29,12 +29,17 @@ checkpoint (it reads an unfilled slot); here it is compared with the loss at the
   the gradient queries, so no scoring forward is needed.
 * **Early stop** (``early_stop=True``, the default): broken samples leave the working batch (one host
   synchronization per step). Each sample's trajectory is its own, so the result equals ``early_stop=False``.
-* **Restarts** (and APGD-T's target classes) run only on samples not broken yet. Random starts are drawn
-  for the whole batch, then the rows are selected, so a sample's result does not depend on its batch mates.
+* **Restarts** (and APGD-T's target classes) run only on samples not broken yet. The random start of restart r
+  (towards target class k) comes from the sample's own stream, ``problem.streams.at(k, r)``
+  (:mod:`sparring.attacks.rng`), so a sample's result depends neither on its batch mates nor, with global ids,
+  on the batch size.
+* **EOT** for randomized models: pass ``gradients=EOT(n=20)`` (:mod:`sparring.gradients.eot`); every query then
+  averages n forward/backward passes (``queries`` counts queries, not passes).
 * **Targeted** APGD: pass ``target=``; the loss becomes ``−L(f(x'), t)`` and success means ``f(x') = t``.
 
 ``benchmarks/apgd_crosscheck.py`` checks APGD-CE and APGD-T against torchattacks' port of the reference
-code: with the same random starts the per-sample results agree exactly.
+code. (With the same random starts the per-sample results agreed exactly; since the starts come from per-sample
+streams, the two draw different starts and agree in robust accuracy, not point by point.)
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from torch import Tensor, nn
 
 import sparring.progress as progress
 from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem, row_mask
+from sparring.attacks.rng import SampleStreams
 from sparring.errors import ConfigError
 from sparring.gradients import GradientSource
 from sparring.losses import dlr_targeted, get_loss
@@ -69,17 +75,26 @@ def checkpoints(steps: int) -> list[int]:
     return points
 
 
-def apgd_start(threat: ThreatModel, x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """The released code's random start, for every row of ``x`` (then projected onto the threat set)."""
+def apgd_start(
+    threat: ThreatModel, x: Tensor, generator: torch.Generator | None, streams: SampleStreams | None = None
+) -> Tensor:
+    """The released code's random start, for every row of ``x`` (then projected onto the threat set); from the
+    rows' ``streams`` when given (row i's start depends on its stream alone), else from ``generator``."""
     eps = threat.eps_for(x)
     if threat.norm == "linf":
-        t = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
+        if streams is not None:
+            t = streams.uniform(x.shape[1:], dtype=x.dtype).mul_(2).sub_(1)
+        else:
+            t = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
         scale = per_sample(t.flatten(1).abs().amax(1), x).clamp_min(_TINY)
     elif threat.norm == "l2":
-        t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if streams is not None:
+            t = streams.normal(x.shape[1:], dtype=x.dtype)
+        else:
+            t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         scale = per_sample(torch.linalg.vector_norm(t.flatten(1), dim=1), x) + _TINY
     else:
-        return threat.random_start(x, generator)
+        return threat.random_start(x, generator, streams=streams)
     return threat.project(t.mul_(eps).div_(scale).add_(x), x)
 
 
@@ -123,7 +138,7 @@ class APGD(Attack):
         return f"apgd_{self.loss}"
 
     def _run(self, model: nn.Module, problem: Problem, generator: torch.Generator | None) -> AttackResult:
-        best = _restarts(self, model, problem, generator, None)
+        best = _restarts(self, model, problem, generator, None, stream=0)
         return best.result(queries=(self.steps + 1) * self.restarts)
 
 
@@ -174,26 +189,30 @@ class APGDTargeted(APGD):
         best: _Outcome | None = None
         for k in range(n_targets):  # success stays "misclassified": the problem has no target
             progress.report(k, n_targets)
-            towards = Problem(x=x, y=y, threat=threat, loss_fn=loss_fn, loss_ref=torch.stack([y, ranked[:, k]], 1))
-            best = _restarts(self, model, towards, generator, best)
+            towards = Problem(x=x, y=y, threat=threat, loss_fn=loss_fn, loss_ref=torch.stack([y, ranked[:, k]], 1),
+                              streams=problem.streams)
+            best = _restarts(self, model, towards, generator, best, stream=k)
         assert best is not None
         return best.result(queries=1 + (self.steps + 1) * self.restarts * n_targets)
 
 
 def _restarts(
     attack: APGD, model: nn.Module, problem: Problem, generator: torch.Generator | None,
-    best: _Outcome | None,
+    best: _Outcome | None, *, stream: int,
 ) -> _Outcome:
-    """``attack.restarts`` APGD runs, each on the rows of ``problem`` that ``best`` (if any) has not broken."""
-    for _ in range(attack.restarts):
-        start = apgd_start(problem.threat, problem.x, generator)  # every row, then select (batch independence)
+    """``attack.restarts`` APGD runs, each on the rows of ``problem`` that ``best`` (if any) has not broken; restart r
+    starts from each row's sub-stream ``(stream, r)``."""
+    for restart in range(attack.restarts):
         if best is None:
+            start = apgd_start(problem.threat, problem.x, generator, problem.random().at(stream, restart))
             best = _apgd(model, problem, attack.gradients, start, **_settings(attack))
             continue
         rows = (~best.success).nonzero().squeeze(1)
         if rows.numel() == 0:
             break
-        best.merge(_apgd(model, problem.rows(rows), attack.gradients, start[rows], **_settings(attack)), rows)
+        sub = problem.rows(rows)  # each row keeps its stream: its start is the same in any batch
+        start = apgd_start(sub.threat, sub.x, generator, sub.random().at(stream, restart))
+        best.merge(_apgd(model, sub, attack.gradients, start, **_settings(attack)), rows)
     assert best is not None
     return best
 

@@ -5,7 +5,13 @@ gradient source). It is called as ``attack(model, x, y, threat)`` and returns an
 The threat model (the set of allowed perturbations) is an argument, not a setting, so one attack object
 serves every ε and norm. ``__call__`` validates the batch, enters the one restoring context
 (:func:`sparring.context.frozen_model`) and delegates to ``_run(model, problem, generator)``, where a
-:class:`Problem` bundles the batch, the threat model and the loss; subclasses implement only ``_run``.
+:class:`Problem` bundles the batch, the threat model, the loss and the per-sample random streams; subclasses
+implement only ``_run``.
+
+Randomness: attacks draw through ``problem.streams`` (:class:`~sparring.attacks.rng.SampleStreams`, one
+counter-based stream per sample), so a sample's draws depend on its identity, not on its batch mates or on the
+batch size. ``streams=`` gives the identities (``SampleStreams.of(seed, ids)``, as :func:`sparring.evaluate.evaluate`
+does with global indices); without it the rows are numbered 0 … B−1 under a seed drawn once from ``generator``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from sparring.attacks.rng import SampleStreams
 from sparring.context import frozen_model
 from sparring.errors import ConfigError, DataError
 from sparring.gradients import Autograd, GradientSource, GradientStep
@@ -30,7 +37,7 @@ ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 #: What an attack needs as inputs (the ``inputs`` contract flag of :class:`Attack`).
-AttackInputs = Literal["any", "points", "point_set"]
+AttackInputs = Literal["any", "points", "point_set", "l1"]
 
 
 @dataclass
@@ -45,6 +52,9 @@ class AttackResult:
         logits: (B, K) model outputs at ``x_adv``, or None.
         queries: model evaluations (forward passes, with or without backward) per sample.
         time_s: wall-clock seconds spent in the attack.
+        min_norm: (B,) for minimum-norm attacks (FMN, FAB-T): the norm of the smallest adversarial perturbation
+            found per sample, whatever ε (0 where the clean input is already misclassified, inf where none was
+            found); None for the other attacks.
     """
 
     x_adv: Tensor
@@ -53,6 +63,7 @@ class AttackResult:
     logits: Tensor | None
     queries: int
     time_s: float
+    min_norm: Tensor | None = None
 
     @property
     def robust(self) -> Tensor:
@@ -69,7 +80,9 @@ class Problem:
     Attributes:
         x: clean inputs (B, ...); y: labels (B,); threat: the perturbation set (per-sample ε allowed);
         loss_fn / loss_ref: the per-example loss to maximize and its per-sample reference;
-        target: (B,) target classes of a targeted attack, else None.
+        target: (B,) target classes of a targeted attack, else None;
+        streams: the samples' random streams (:class:`~sparring.attacks.rng.SampleStreams`; set by
+        :meth:`Attack.__call__`, None only for a problem built by hand).
     """
 
     x: Tensor
@@ -78,13 +91,22 @@ class Problem:
     loss_fn: LossFn
     loss_ref: Tensor
     target: Tensor | None = None
+    streams: SampleStreams | None = None
 
     def rows(self, index: Tensor) -> Problem:
-        """The sub-problem of the samples ``index`` (restarts attack only the still-robust ones)."""
+        """The sub-problem of the samples ``index`` (restarts attack only the still-robust ones); each sample
+        keeps its random stream."""
         return Problem(
             x=self.x[index], y=self.y[index], threat=self.threat.subset(index), loss_fn=self.loss_fn,
             loss_ref=self.loss_ref[index], target=None if self.target is None else self.target[index],
+            streams=None if self.streams is None else self.streams.rows(index),
         )
+
+    def random(self) -> SampleStreams:
+        """The samples' random streams (a problem built by hand without them: rows 0 … B−1, a fresh seed)."""
+        if self.streams is None:
+            return SampleStreams.from_generator(None, self.x.shape[0], self.x.device)
+        return self.streams
 
     def query(self, gradients: GradientSource, model: nn.Module, x_adv: Tensor, *, scores: bool = True) -> GradientStep:
         """Input gradient at ``x_adv`` from the given gradient source, with loss and logits if ``scores``."""
@@ -119,12 +141,15 @@ class Attack(ABC):
     never gradients; the evaluation's check compares such attacks with the white-box ones) and ``inputs``,
     what inputs and threat the attack needs (the contract tests pick their model and batch by it):
     ``"any"`` (any tensor (B, ...), norm-ball threats), ``"points"`` (point clouds (B, N, 3), norm-ball
-    threats) or ``"point_set"`` (point clouds (B, N, 3) with a :class:`sparring.points.threat.PointSet`).
+    threats), ``"point_set"`` (point clouds (B, N, 3) with a :class:`sparring.points.threat.PointSet`) or ``"l1"``
+    (any tensor, the L1 threat only: APGD-L1). ``minimum_norm``: the attack searches the smallest adversarial
+    perturbation whatever ε and reports it as ``AttackResult.min_norm`` (one run gives a whole ε-curve).
     """
 
     name: ClassVar[str]
     black_box: ClassVar[bool] = False
     inputs: ClassVar[AttackInputs] = "any"
+    minimum_norm: ClassVar[bool] = False
     loss: str = "ce"
     gradients: GradientSource = field(default_factory=Autograd)
     train_mode: bool = False
@@ -153,6 +178,7 @@ class Attack(ABC):
         loss_fn: LossFn | None = None,
         loss_ref: Tensor | None = None,
         generator: torch.Generator | None = None,
+        streams: SampleStreams | None = None,
     ) -> AttackResult:
         """Attack ``model`` at inputs ``x`` (B, ...) with labels ``y`` (B,) within ``threat``.
 
@@ -161,7 +187,11 @@ class Attack(ABC):
             loss_fn: a custom per-example loss ``(logits, ref) -> (B,)`` to maximize instead of the
                 configured one (TRADES maximizes a KL to the clean prediction this way).
             loss_ref: the per-sample reference for ``loss_fn`` (default ``y``, or ``target``).
-            generator: the source of randomness (random starts); a seed gives the same result.
+            generator: the source of randomness when ``streams`` is not given: one seed is drawn from it (from
+                the global generator when None) and row i draws from stream i; a seed gives the same result.
+            streams: (B,) per-sample random streams, e.g. ``SampleStreams.of(seed, ids)`` with ``ids`` the
+                samples' global indices: then a sample's result depends neither on its batch mates nor on the
+                batch size (:func:`sparring.evaluate.evaluate` does this).
         """
         check_batch(x, y, threat)
         if target is not None and target.shape != y.shape:
@@ -172,7 +202,12 @@ class Attack(ABC):
                 loss_fn = targeted(loss_fn)
         if loss_ref is None:
             loss_ref = y if target is None else target
-        problem = Problem(x=x.detach(), y=y, threat=threat, loss_fn=loss_fn, loss_ref=loss_ref, target=target)
+        if streams is None:
+            streams = SampleStreams.from_generator(generator, x.shape[0], x.device)
+        elif len(streams) != x.shape[0]:
+            raise DataError(f"streams has {len(streams)} rows, the batch has {x.shape[0]} samples")
+        problem = Problem(x=x.detach(), y=y, threat=threat, loss_fn=loss_fn, loss_ref=loss_ref, target=target,
+                          streams=streams.to(x.device))
         start = time.perf_counter()
         with frozen_model(model, train_mode=self.train_mode), autocast(self.precision, x.device):
             result = self._run(model, problem, generator)
@@ -186,6 +221,9 @@ class Attack(ABC):
     def describe(self) -> dict[str, Any]:
         """The attack's settings as plain data (for reports)."""
         settings = {k: v for k, v in vars(self).items() if isinstance(v, int | float | str | bool | None)}
+        describe = getattr(self.gradients, "describe", None)
+        if describe is not None:  # a non-default gradient source that names itself (EOT: "eot(n=20)")
+            settings["gradients"] = describe()
         return {"name": self.name, **settings}
 
 

@@ -13,6 +13,9 @@ Named suites (``suite(name)``; ``sparring eval --suite NAME`` takes the same nam
 * ``plus``: APGD-CE and APGD-DLR with 5 restarts each → APGD-T (9 targets) → Square (5000 queries).
   AutoAttack's plus runs Square before APGD-T; here the black-box attack runs last so the evaluation's
   black-box check compares it with every white-box attack. The worst case is the same set of attacks.
+* ``rand``: for randomized models (the ``deterministic_model`` check fails): AutoAttack's ``rand`` version,
+  APGD-CE → APGD-DLR (100 steps, 1 restart each) with every gradient an EOT average of 20 draws
+  (:class:`~sparring.gradients.eot.EOT`); success means the mean logits of those draws misclassify.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from torch import Tensor, nn
 
 from sparring.attacks.apgd import APGD, APGDTargeted
 from sparring.attacks.base import Attack
+from sparring.attacks.rng import SampleStreams
 from sparring.attacks.square import Square
 from sparring.errors import ConfigError
+from sparring.gradients.eot import EOT
 from sparring.progress import listening
 from sparring.threat import ThreatModel
 
@@ -102,6 +107,7 @@ class Cascade:
         *,
         active: Tensor | None = None,
         generator_for: Callable[[int], torch.Generator | None] = lambda k: None,
+        streams_for: Callable[[int], SampleStreams | None] = lambda k: None,
         verify: Callable[[Tensor, Tensor], Tensor] | None = None,
         progress: Callable[[int, float], None] | None = None,
     ) -> CascadeResult:
@@ -111,6 +117,8 @@ class Cascade:
             active: (B,) bool, the points to attack (default all; evaluation passes the correctly
                 classified ones).
             generator_for: the random generator of attack ``k`` (one per attack keeps attacks independent).
+            streams_for: the per-sample random streams (B rows) of attack ``k``; each attack gets the rows it
+                attacks, so a point's draws do not depend on which other points are still robust.
             verify: ``(x_adv, y) -> (B,) bool`` confirming a break (evaluation re-checks bf16 attacks in fp32).
             progress: called with ``(attack index, fraction of this batch done)`` as attacks report progress.
         """
@@ -127,7 +135,9 @@ class Cascade:
                 continue
             start = time.perf_counter()
             with listening(None if progress is None else functools.partial(_fraction, progress, k)):
-                result = attack(model, x[rows], y[rows], threat.subset(rows), generator=generator_for(k))
+                streams = streams_for(k)
+                result = attack(model, x[rows], y[rows], threat.subset(rows), generator=generator_for(k),
+                                streams=None if streams is None else streams.rows(rows))
             success = result.success
             assert success is not None  # scored attacks only (checked in __post_init__)
             if verify is not None and bool(success.any()):
@@ -165,11 +175,18 @@ def _plus() -> Cascade:
     )
 
 
-SUITES: dict[str, Callable[[], Cascade]] = {"fast": _fast, "standard": _standard, "plus": _plus}
+def _rand() -> Cascade:
+    return Cascade(
+        attacks=(APGD(loss="ce", restarts=1, gradients=EOT(n=20)), APGD(loss="dlr", restarts=1, gradients=EOT(n=20))),
+        labels=("apgd_ce", "apgd_dlr"), name="rand",
+    )
+
+
+SUITES: dict[str, Callable[[], Cascade]] = {"fast": _fast, "standard": _standard, "plus": _plus, "rand": _rand}
 
 
 def suite(name: str) -> Cascade:
-    """A named suite: ``fast``, ``standard`` or ``plus``."""
+    """A named suite: ``fast``, ``standard``, ``plus`` or ``rand`` (randomized models)."""
     try:
         return SUITES[name]()
     except KeyError:

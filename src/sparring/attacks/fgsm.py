@@ -36,7 +36,7 @@ class FGSM(Attack):
 
     def _run(self, model: nn.Module, problem: Problem, generator: torch.Generator | None) -> AttackResult:
         x, threat = problem.x, problem.threat
-        start = threat.random_start(x, generator) if self.random_start else x
+        start = threat.random_start(x, generator, streams=problem.random()) if self.random_start else x
         g = problem.query(self.gradients, model, start, scores=False)
         x_adv = threat.project(start + threat.step(g.grad, self.rel_step * threat.eps_for(x)), x)
         if not self.score:

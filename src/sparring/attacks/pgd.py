@@ -10,8 +10,9 @@ Here α defaults to ``2.5 ε / steps`` (Madry's rule; 0.25 ε for 10 steps), per
 
 * **Best iterate**: every iterate (the start included) is scored; a sample keeps the first-ranked one
   by (success, loss), so a point broken at any step stays broken.
-* **Restarts** run only on samples no restart has broken yet. Random starts are drawn for the whole
-  batch before selecting rows, so a sample's result does not depend on its batch mates.
+* **Restarts** run only on samples no restart has broken yet. Restart r's random start of a sample comes from
+  its own stream (``problem.streams.at(r)``, :mod:`sparring.attacks.rng`), so a sample's result depends neither on
+  its batch mates nor, with global ids, on the batch size.
 * **Targeted** mode: pass ``target=``; the loss becomes ``−L(f(x'), t)`` and success means ``f(x') = t``.
 * **Early stop** (``early_stop=True``, for evaluation): a sample leaves the working batch at the first scored
   iterate that breaks it (one host synchronization per step). Which samples are broken is the same as without it;
@@ -84,25 +85,29 @@ class PGD(Attack):
         x, threat = problem.x, problem.threat
         alpha = self.step_for(threat, x)
         if not self.score:  # the last iterate, no scoring forward
-            start = threat.random_start(x, generator) if self.random_start else x
-            x_adv, _ = self._steps(model, problem, alpha, start)
+            x_adv, _ = self._steps(model, problem, alpha, self._start(problem, 0, generator))
             return AttackResult(x_adv=x_adv, success=None, loss=None, logits=None, queries=self.steps, time_s=0.0)
         best: _Best | None = None
-        for _ in range(self.restarts):
-            # Draw the start for every row, then keep the rows still robust (batch independence).
-            start = threat.random_start(x, generator) if self.random_start else x
+        for restart in range(self.restarts):
             if best is None:
-                best = self._descend(model, problem, alpha, start)
+                best = self._descend(model, problem, alpha, self._start(problem, restart, generator))
                 continue
             rows = (~best.success).nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-            best.merge(self._descend(model, problem.rows(rows), alpha[rows], start[rows]), rows)
+            sub = problem.rows(rows)  # each row keeps its own stream, so its start is the same as in any batch
+            best.merge(self._descend(model, sub, alpha[rows], self._start(sub, restart, generator)), rows)
         assert best is not None
         return AttackResult(
             x_adv=best.x, success=best.success, loss=best.loss, logits=best.logits,
             queries=(self.steps + 1) * self.restarts, time_s=0.0,
         )
+
+    def _start(self, problem: Problem, restart: int, generator: torch.Generator | None) -> Tensor:
+        """Restart ``restart``'s starting point: uniform in the threat set from each row's own stream (or ``x``)."""
+        if not self.random_start:
+            return problem.x
+        return problem.threat.random_start(problem.x, generator, streams=problem.random().at(restart))
 
     def _descend(self, model: nn.Module, problem: Problem, alpha: Tensor, x_adv: Tensor) -> _Best:
         """One start: ``steps`` ascent steps, then score the last iterate (and keep the best one)."""

@@ -29,10 +29,11 @@ Implementation notes:
 * **Black-box**: only ``model(x)`` under ``torch.no_grad()``; the ``gradients`` setting is ignored.
 * **Early stop**: each iteration queries only the samples not yet successful (one host sync per iteration,
   to select them and to stop when all are broken).
-* **Per-sample randomness**: one 32-bit seed per sample is drawn from the ``generator`` (row i gets the
-  i-th number); every later random number (window positions, signs, transposes) is a counter-based hash of
-  (seed, restart, iteration), so a sample's result depends on its seed only, not on its batch mates, on
-  which of them are still searched, or on the batch size (row 0 attacked alone gives the same result).
+* **Per-sample randomness**: one 32-bit seed per sample comes from its stream (``problem.streams``,
+  :mod:`sparring.attacks.rng`: a hash of the call's seed and the sample's id); every later random number
+  (window positions, signs, transposes) is a counter-based hash of (seed, restart, iteration), so a sample's
+  result depends on its stream only, not on its batch mates or on which of them are still searched, and with
+  global ids (as evaluation passes) not on the batch size either.
 * Window positions are uniform over all positions where the window fits (the authors' code never picks
   the last one). Per-sample ε (B,) and ``bounds=None`` are supported.
 * **Inputs that are not images** (any shape other than (B, C, H, W)) are flattened to (B, 1, 1, D): a
@@ -59,6 +60,8 @@ from torch import Tensor, nn
 
 import sparring.progress as progress
 from sparring.attacks.base import ATTACKS, Attack, AttackResult, Problem, success_of
+from sparring.attacks.rng import mix32 as _mix32
+from sparring.attacks.rng import mul32 as _mul32
 from sparring.errors import ConfigError, ThreatModelError
 
 _TINY = 1e-12
@@ -66,6 +69,7 @@ _MASK32 = 0xFFFFFFFF
 _CHUNK = 64  # steps whose random numbers are hashed in one go
 # p(k) = p_init / 2^j where j counts the thresholds below k (k rescaled to a 10 000-query budget).
 _P_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+_SQUARE_STREAM = 0x5A  # the sub-stream Square's per-sample seeds come from
 
 
 @ATTACKS.register("square")
@@ -119,9 +123,8 @@ class Square(Attack):
         x4 = x.reshape(grid.shape(x.shape[0]))  # (B, C, H, W), a view of the caller's x
         eps = problem.threat.eps_for(x4)  # (B, 1, 1, 1)
         device = x.device
-        # One 32-bit seed per sample; everything random afterwards is hashed from it (batch independence).
-        seed_device = generator.device if generator is not None else device
-        seeds = torch.randint(0, 2**32, (x.shape[0],), generator=generator, device=seed_device).to(device)
+        # One 32-bit seed per sample from its stream; everything random afterwards is hashed from it.
+        seeds = problem.random().at(_SQUARE_STREAM).keys[:, 0].to(device)
         if self.autoattack_compat:  # every sample draws the same windows and signs
             seeds = seeds[:1].expand(x.shape[0]).contiguous()
         searchable = eps.flatten() > 0  # a sample with ε = 0 is scored at x and never searched
@@ -427,20 +430,6 @@ class _Batch:
             pos=self.pos[index], x=self.x[index], eps=self.eps[index], seeds=self.seeds[index], ref=self.ref[index],
             y=self.y[index], target=None if self.target is None else self.target[index],
         )
-
-
-def _mul32(a: Tensor, m: int) -> Tensor:
-    """``a · m mod 2³²`` for int64 ``a`` in [0, 2³²), in two halves so no int64 product overflows."""
-    return (a * (m & 0xFFFF) + (((a * (m >> 16)) & 0xFFFF) << 16)) & _MASK32
-
-
-def _mix32(h: Tensor) -> Tensor:
-    """A 32-bit integer hash (the "lowbias32" xorshift-multiply constants of C. Wellons, public domain)."""
-    h = h ^ (h >> 16)
-    h = _mul32(h, 0x7FEB352D)
-    h = h ^ (h >> 15)
-    h = _mul32(h, 0x846CA68B)
-    return h ^ (h >> 16)
 
 
 def _hashed(seeds: Tensor, steps: Tensor, count: int) -> Tensor:

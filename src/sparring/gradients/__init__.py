@@ -1,7 +1,8 @@
 """Gradient sources: where an attack's input gradient comes from.
 
 ``autograd``: the protocol (:class:`GradientSource`: ``(model, x, y, loss) → GradientStep``) and
-:class:`Autograd`, one backward pass. Gradient prediction (methods.md §1) predicts input gradients from hidden
+:class:`Autograd`, one backward pass. ``eot``: :class:`EOT`, the mean of n draws of another source (randomized
+models; the ``rand`` suite). Gradient prediction (methods.md §1) predicts input gradients from hidden
 states without a backward pass. ``ridge``: the streaming ridge fitter (float64 sums, standardized features,
 Cholesky solve) and the fidelity metrics (cosine similarity, sign agreement). ``predicted``:
 :class:`GradientPredictor` (hooks a layer, calibrates, predicts, saves) and :class:`Predicted`, the gradient source
@@ -13,6 +14,7 @@ every attack accepts::
 """
 
 from sparring.gradients.autograd import Autograd, GradientSource, GradientStep
+from sparring.gradients.eot import EOT
 from sparring.gradients.predicted import GradientPredictor, Predicted, tap
 from sparring.gradients.ridge import (
     DEFAULT_LAMBDAS,
@@ -24,6 +26,6 @@ from sparring.gradients.ridge import (
 )
 
 __all__ = [
-    "Autograd", "DEFAULT_LAMBDAS", "GradientPredictor", "GradientSource", "GradientStep", "Predicted",
+    "Autograd", "DEFAULT_LAMBDAS", "EOT", "GradientPredictor", "GradientSource", "GradientStep", "Predicted",
     "RidgeAccumulator", "RidgeMap", "choose_lambda", "cosine", "sign_agreement", "tap",
 ]

@@ -185,8 +185,10 @@ def _global_start(class_threat: ThreatModel, global_threat: ThreatModel) -> Thre
     sub = _GLOBAL_START_CLASSES.get(cls)
     if sub is None:
 
-        def random_start(self: Any, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-            return self.project(self.start_threat.random_start(x, generator), x)
+        def random_start(
+            self: Any, x: Tensor, generator: torch.Generator | None = None, *, streams: Any = None
+        ) -> Tensor:
+            return self.project(self.start_threat.random_start(x, generator, streams=streams), x)
 
         namespace = {"__annotations__": {"start_threat": ThreatModel}, "random_start": random_start}
         sub = dataclass(frozen=True, kw_only=True)(type(f"GlobalStart{cls.__name__}", (cls,), namespace))

@@ -147,7 +147,7 @@ class PointSet(ThreatModel):
         pulled = anchor + offset * torch.clamp(self.radius / length, max=1.0)
         return self.clip_box(torch.where(moved.unsqueeze(-1), pulled, x))
 
-    def random_start(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def random_start(self, x: Tensor, generator: torch.Generator | None = None, *, streams: object = None) -> Tensor:
         """x itself (a copy). Which points to change is the attack's main decision (saliency for dropping,
         gradient norms for adding), and a random subset of moved points would spend the budget on points the
         attack then has to un-pick; ``point_add`` draws its own random start inside the radius-ball around

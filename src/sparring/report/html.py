@@ -232,6 +232,10 @@ def _headline(report: Mapping[str, Any]) -> list[dict[str, str]]:
             {"label": f"tail classes {name}", "value": format_accuracy(tail.get(name)), "kind": "balanced"}
             for name in ("clean", "robust")
         ]
+    tail80 = (report.get("long_tail") or {}).get("tail80") if isinstance(report.get("long_tail"), dict) else None
+    if isinstance(tail80, dict):
+        rows.append({"label": "tail classes robust, rarest 80% (RobustLT)",
+                     "value": format_accuracy(tail80.get("robust")), "kind": "balanced"})
     return rows
 
 
@@ -253,7 +257,38 @@ def _long_tail(report: Mapping[str, Any]) -> dict[str, Any] | None:
     if not rows:
         return None
     ratio = summary.get("imbalance_ratio")
-    return {"rows": rows, "ratio": f"{ratio:.3g}" if is_number(ratio) else "—"}
+    return {"rows": rows, "ratio": f"{ratio:.3g}" if is_number(ratio) else "—", **_paper_groups(summary)}
+
+
+def _paper_groups(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The papers' groups beside ours: RobustLT's rarest-80% tail and the many / medium / few-shot split."""
+
+    def row(label: str, group: Any) -> dict[str, str]:
+        return {
+            "group": label,
+            "classes": ", ".join(str(c) for c in group.get("classes", [])) or "none",
+            "train": str(group.get("train_samples", "—")),
+            "clean": format_accuracy(group.get("clean")),
+            "robust": format_accuracy(group.get("robust")),
+        }
+
+    rows = []
+    tail80 = summary.get("tail80")
+    if isinstance(tail80, dict):
+        rows.append(row(f"tail, rarest {100 * float(tail80.get('fraction', 0.8)):.0f}% (RobustLT)", tail80))
+    shots = summary.get("shots")
+    rule = ""
+    if isinstance(shots, dict):
+        many, few = shots.get("many_above"), shots.get("few_below")
+        bounds = {
+            "many": f"> {many:.4g}" if is_number(many) else "",
+            "medium": f"{few:.4g} – {many:.4g}" if is_number(many) and is_number(few) else "",
+            "few": f"< {few:.4g}" if is_number(few) else "",
+        }
+        rows += [row(f"{name}-shot ({bounds[name]} training examples)", shots[name])
+                 for name in ("many", "medium", "few") if isinstance(shots.get(name), dict)]
+        rule = str(shots.get("rule") or "")
+    return {"paper_rows": rows, "shot_rule": rule}
 
 
 def _meta(report: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -51,6 +51,15 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     if isinstance(long_tail, dict) and isinstance(long_tail.get("tail"), dict):
         tail_robust = format_accuracy(long_tail["tail"].get("robust"))
         table.add_row("tail robust", tail_robust, "[dim]rarest third of classes[/]")
+        if isinstance(long_tail.get("tail80"), dict):
+            table.add_row("tail robust (80%)", format_accuracy(long_tail["tail80"].get("robust")),
+                          "[dim]rarest 80% of classes (RobustLT)[/]")
+        shots = long_tail.get("shots")
+        if isinstance(shots, dict) and isinstance(shots.get("few"), dict) and shots["few"].get("classes"):
+            few = shots.get("few_below")
+            bound = f"< {few:.3g}" if isinstance(few, int | float) else "few"
+            table.add_row("few-shot robust", format_accuracy(shots["few"].get("robust")),
+                          f"[dim]classes with {escape(bound)} training examples[/]")
     detection = report.get("detection")
     if isinstance(detection, dict):
         table.add_section()

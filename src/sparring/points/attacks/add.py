@@ -17,7 +17,7 @@ and objects); the hard radius-ball here is the one-sided Hausdorff budget of the
   non-slot points, where the model is most sensitive; with ``radius = 0`` the added points stay duplicates.
   k is capped at N // 2 so that slots and seeds are disjoint.
 * **Best iterate** per sample by (success, loss) and **restarts** on still-robust samples, as in PGD;
-  random starts are drawn for the whole batch before selecting rows (batch independence). Slots and seeds
+  random starts come from each sample's own stream (:mod:`sparring.attacks.rng`: batch independence). Slots and seeds
   come from one gradient at x, shared by all restarts. Queries: 1 + ``restarts`` · (``steps`` + 1).
 """
 
@@ -108,33 +108,36 @@ class PointAdd(Attack):
             )
         step = (self.rel_step if self.rel_step is not None else 2.5 / self.steps) * threat.radius
         if not self.score:
-            added = self._start(threat, placement, generator)
+            added = self._start(threat, placement, problem, 0)
             x_adv, _ = self._steps(model, problem, threat, placement, step, added, keep_best=False)
             return AttackResult(x_adv=x_adv, success=None, loss=None, logits=None, queries=1 + self.steps, time_s=0.0)
         best: _Best | None = None
-        for _ in range(self.restarts):
-            added = self._start(threat, placement, generator)  # for every row, then select (batch independence)
+        for restart in range(self.restarts):
             if best is None:
+                added = self._start(threat, placement, problem, 0)
                 best = self._descend(model, problem, threat, placement, step, added)
                 continue
             rows = (~best.success).nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-            best.merge(self._descend(model, problem.rows(rows), threat, placement.rows(rows), step, added[rows]), rows)
+            sub, at = problem.rows(rows), placement.rows(rows)  # each row keeps its own random stream
+            best.merge(self._descend(model, sub, threat, at, step, self._start(threat, at, sub, restart)), rows)
         assert best is not None
         return AttackResult(
             x_adv=best.x, success=best.success, loss=best.loss, logits=best.logits,
             queries=1 + (self.steps + 1) * self.restarts, time_s=0.0,
         )
 
-    def _start(self, threat: PointSet, placement: _Placement, generator: torch.Generator | None) -> Tensor:
-        """(B, N, C) starting added points: uniform in the radius-ball around each seed, or the seeds."""
+    def _start(self, threat: PointSet, placement: _Placement, problem: Problem, restart: int) -> Tensor:
+        """(B, N, C) starting added points: uniform in the radius-ball around each seed, or the seeds; drawn from
+        each row's own random stream (restart ``restart``)."""
         seeds = placement.seeds
         if not self.random_start:
             return seeds
-        direction = torch.randn(seeds.shape, generator=generator, device=seeds.device, dtype=seeds.dtype)
+        streams = problem.random().at(restart)
+        direction = streams.normal(seeds.shape[1:], dtype=seeds.dtype)
         direction = direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True).clamp_min(_TINY)
-        u = torch.rand(seeds.shape[:-1] + (1,), generator=generator, device=seeds.device, dtype=seeds.dtype)
+        u = streams.uniform(seeds.shape[1:-1] + (1,), dtype=seeds.dtype)
         length = threat.radius * u ** (1.0 / seeds.shape[-1])  # uniform in volume
         return threat.clip_box(seeds + direction * length)
 
