@@ -15,7 +15,7 @@ Named suites (``suite(name)``; ``sparring eval --suite NAME`` takes the same nam
   black-box check compares it with every white-box attack. The worst case is the same set of attacks.
 * ``rand``: for randomized models (the ``deterministic_model`` check fails): AutoAttack's ``rand`` version,
   APGD-CE → APGD-DLR (100 steps, 1 restart each) with every gradient an EOT average of 20 draws
-  (:class:`~sparring.gradients.eot.EOT`); success means the mean logits of those draws misclassify.
+  (:class:`~sparring.gradients.eot.EOT`); success is judged on the last draw, as AutoAttack does.
 """
 
 from __future__ import annotations
