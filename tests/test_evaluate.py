@@ -59,6 +59,29 @@ def test_eps_curve_is_monotone_and_consistent(setup) -> None:
     assert curve[0.4] < 0.05
 
 
+def test_eps_curve_below_eps_attacks_only_points_the_suite_broke_with_a_larger_perturbation(setup) -> None:
+    """The curve reuses the suite's work: points robust at ε are not re-attacked below ε (robust at ε is the
+    evidence at r < ε), a suite break within r counts at r without an attack; at ε the survivors get a second look."""
+    model, data = setup
+    calls: list[tuple[float, int]] = []
+
+    class Recording(PGD):
+        def __call__(self, model, x, y, threat, **kwargs):  # type: ignore[override]
+            calls.append((float(threat.eps), len(x)))
+            return super().__call__(model, x, y, threat, **kwargs)
+
+    ev = quick(model, data, curve_attack=Recording(steps=10))
+    broken_by_suite = int((ev.broken_by >= 0).sum() - (ev.broken_by == ev.sources.index("eps_curve")).sum())
+    survivors = int(ev.robust[ev.sources[2]].sum())
+    attacked = dict(calls)
+    assert all(n <= broken_by_suite for r, n in calls if r < 0.1)  # only the suite's breaks, never its survivors
+    assert attacked.get(0.0, 0) <= broken_by_suite
+    assert attacked[0.1] == survivors  # the second opinion at ε itself
+    curve = {p["eps"]: p["robust_accuracy"] for p in ev.eps_curve}
+    assert curve[0.0] == pytest.approx(ev.clean_accuracy)
+    assert curve[0.05] >= curve[0.1] == ev.robust_accuracy
+
+
 def test_eps_curve_always_holds_the_evaluated_eps(setup) -> None:
     model, data = setup
     ev = quick(model, data, eps_curve=[0.0, 0.05, 0.2])

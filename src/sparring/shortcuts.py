@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from sparring.attacks import Attack, build
+from sparring.attacks.rng import SampleStreams
 from sparring.context import device_of
 from sparring.errors import ConfigError
 from sparring.evaluate import evaluate
@@ -56,11 +57,13 @@ def attack(
         chosen = build(attack, **settings)
     threat = make_threat(norm, eps, bounds)
     device = device_of(model)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    # One seed, rows numbered over the whole set: a point draws the same numbers whatever batch it falls in.
+    streams = SampleStreams.from_generator(torch.Generator(device=device).manual_seed(seed), len(x), device)
     out = []
     for start in range(0, len(x), batch_size):
         rows = slice(start, start + batch_size)
-        result = chosen(model, x[rows].to(device), y[rows].to(device), threat, generator=generator)
+        result = chosen(model, x[rows].to(device), y[rows].to(device), threat,
+                        streams=streams.rows(torch.arange(start, min(start + batch_size, len(x)))))
         out.append(result.x_adv.detach().to(x.device))
     return torch.cat(out) if out else x.detach().clone()
 
