@@ -241,7 +241,9 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / ("mgt_detection_quick.json" if args.quick else "mgt_detection.json")
     atomic_write_json(path, out)
-    print(markdown(out))
+    table = markdown(out)
+    path.with_suffix(".md").write_text(table + "\n")
+    print(table)
     log(f"wrote {path} ({timings['total_s']:.0f}s)")
 
 
