@@ -12,9 +12,10 @@ Three models on the 451-image digits test split, L∞ ε = 0.2:
 
 Four evaluations per model, all on the same points:
 
-* ``sparring``: ``evaluate(model, (x, y), LinfBall(eps), suite="standard", eps_curve=[], seed=0,
-  batch_size=512)``; its robust accuracy is the per-sample worst case over the suite, its time
-  ``suite_time_s`` (the suite's attacks only) and, separately, ``eval_total_s`` (the whole call, checks
+* ``sparring``: ``evaluate(model, (x, y), LinfBall(eps), suite="standard", seed=0, batch_size=512)``, as
+  ``sparring eval`` runs it (the default 9-point ε-curve and the checks; ``--no-eps-curve`` passes
+  ``eps_curve=[]``); its robust accuracy is the per-sample worst case over everything it ran, its time
+  ``suite_time_s`` (the suite's attacks only) and, separately, ``eval_total_s`` (the whole call, ε-curve and checks
   included). Guarded: while ``evaluate`` has no ``suite=`` the row says "not available yet".
 * ``reference``: AutoAttack's standard configuration at its original budgets, assembled from torchattacks'
   classes: APGD-CE (100 steps, 1 restart), APGD-T (9 target classes × 100 steps), FAB-T (9 targets × 100
@@ -227,7 +228,8 @@ def run_art_autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed:
 
 # -------------------------------------------------------------------------------------------- sparring
 def run_sparring(
-    model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int, *, autoattack_square: bool = False
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int, *, autoattack_square: bool = False,
+    eps_curve: bool = True,
 ) -> dict[str, Any]:
     """``evaluate(..., suite="standard")``; ``{"available": False, ...}`` while the API lacks ``suite=``.
 
@@ -242,7 +244,8 @@ def run_sparring(
         cascade = Cascade(attacks=attacks, labels=cascade.labels, name="standard+autoattack_square_draws")
     t0 = time.perf_counter()
     try:
-        ev = evaluate(model, (x, y), LinfBall(eps=eps), suite=cascade, eps_curve=[], seed=seed, batch_size=512)
+        ev = evaluate(model, (x, y), LinfBall(eps=eps), suite=cascade, eps_curve=None if eps_curve else [],
+                      seed=seed, batch_size=512)
     except TypeError as exc:
         if "suite" not in str(exc):
             raise
@@ -271,7 +274,7 @@ def measure_model(name: str, model: nn.Module, x: Tensor, y: Tensor, args: argpa
         for side in order:
             log(f"[{name}] round {r + 1}/{args.repeats}: {side}")
             if side == "sparring":
-                record["sparring"] = run_sparring(model, x, y, eps, seed)
+                record["sparring"] = run_sparring(model, x, y, eps, seed, eps_curve=args.eps_curve)
             elif side == "original":
                 record["original"] = run_original_autoattack(model, x, y, eps, seed)
                 log(f"[{name}]   original AutoAttack: {record['original']['robust_accuracy']:.4f} robust, "
@@ -445,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
     parser.add_argument("--skip-art", action="store_true", help="leave out ART's AutoAttack")
+    parser.add_argument("--no-eps-curve", dest="eps_curve", action="store_false",
+                        help="sparring without its default 9-point ε-curve (the suite and checks only)")
     parser.add_argument("--retrain", action="store_true", help="ignore the cached weights")
     parser.add_argument("--output", type=Path, default=None, help="where to write the JSON")
     args = parser.parse_args(argv)
@@ -518,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             "torchattacks_autoattack": "torchattacks.AutoAttack(norm='Linf', version='standard', n_classes=10, "
                                        "seed) as shipped (APGD / APGD-T / FAB-T at 10 steps)",
             "art_autoattack": "art AutoAttack default attacks, eps_step = 2 eps, batch_size 500",
-            "sparring": "evaluate(model, (x, y), LinfBall(eps), suite='standard', eps_curve=[], seed, batch_size=512)",
+            "sparring": "evaluate(model, (x, y), LinfBall(eps), suite='standard', seed, batch_size=512)"
+                        + ("" if args.eps_curve else ", eps_curve=[]"),
             "masked_model": f"standard CNN on round({BIT_LEVELS} x) / {BIT_LEVELS}",
             "training": training, "part_times_s": part_times, "total_s": time.perf_counter() - started,
         },

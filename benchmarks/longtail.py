@@ -607,7 +607,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(EPS), help="one data set (results go to longtail_<dataset>.*)")
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"], choices=sorted(EPS))
-    parser.add_argument("--ratios", nargs="+", type=float, help="default: digits 10 50, mnist1d 10 50 100")
+    parser.add_argument("--ratios", nargs="+", type=float, help="default: digits 10 50, mnist1d 10 50 100 "
+                        "(chosen ratios: results go to longtail*_ir<ratios>.*)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     parser.add_argument("--epochs", type=parse_epochs, help="N or 'auto' (default: digits 30, mnist1d auto)")
@@ -688,7 +689,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              "standard):\n\n" + paper_markdown(rows) + "\nThe papers' comparisons, re-made:\n\n"
              + comparison_markdown(compared))
     suffix = ((f"_{args.dataset}" if args.dataset else "") + ("_quick" if args.quick else "")
-              + (f"_eps{args.eps_scale:g}" if args.eps_scale != 1.0 else ""))
+              + (f"_eps{args.eps_scale:g}" if args.eps_scale != 1.0 else "")
+              # a partial run (chosen ratios) gets its own file rather than replacing the full table
+              + ("_ir" + "-".join(f"{r:g}" for r in args.ratios) if args.ratios else ""))
     RESULTS.mkdir(exist_ok=True)
     record = {
         "benchmark": "longtail",
