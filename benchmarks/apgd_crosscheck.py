@@ -13,9 +13,10 @@ run on the same points with L∞ ε, 100 steps and 1 restart:
 Robust accuracy is over all test points (a misclassified clean point is not robust). Each implementation
 is timed as a user gets that number: torchattacks' call (which runs its own clean forward and attacks the
 correctly classified points) plus one accuracy forward on its output; sparring's clean forward, the
-attack on the correctly classified points, and its success mask. Attacking the same rows with the same
-seed gives APGD-CE the same random starts on both sides, so the per-sample agreement is reported too
-(APGD-T's later target classes draw their starts for different row sets, so only its first one aligns).
+attack on the correctly classified points, and its success mask. sparring draws its random starts from
+per-sample counter streams (``sparring.attacks.rng``), torchattacks from ``torch.rand``: the starts differ, so
+the per-sample agreement reported beside the robust accuracies measures how much a point's fate depends on its
+start (before the per-sample streams both sides drew the same APGD-CE starts and agreed on every point).
 
 The implementations alternate in one process (the order rotates every seed) after a warm-up; time ratios
 are medians of the per-seed ratios. One intra-op thread (``--threads``).
